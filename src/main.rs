@@ -1,0 +1,3 @@
+//! The `pipelens` command line.
+
+fn main() {}

@@ -1,0 +1,111 @@
+//! Every metric, span, attribute and label name pipelens emits, in one place.
+//!
+//! Metric names are a public contract: the dashboards under `grafana/`, the
+//! rules under `prometheus/` and the tests refer to the Prometheus forms
+//! (`PROM_*`). Each OTel instrument name sits beside the name the Prometheus
+//! exporter turns it into (unit suffix for seconds, `_total` for counters).
+
+/// OTel name of the per-model execution counter.
+pub const MODEL_EXECUTIONS: &str = "ml_model_executions";
+/// Prometheus name of [`MODEL_EXECUTIONS`].
+pub const PROM_MODEL_EXECUTIONS: &str = "ml_model_executions_total";
+/// OTel name of the per-model execution duration histogram (unit `s`).
+pub const MODEL_EXECUTION_DURATION: &str = "ml_model_execution_duration";
+/// Prometheus name of [`MODEL_EXECUTION_DURATION`].
+pub const PROM_MODEL_EXECUTION_DURATION: &str = "ml_model_execution_duration_seconds";
+/// OTel (and Prometheus) name of the latest-confidence gauge.
+pub const MODEL_CONFIDENCE_SCORE: &str = "ml_model_confidence_score";
+/// OTel (and Prometheus) name of the confidence histogram.
+pub const MODEL_CONFIDENCE: &str = "ml_model_confidence";
+/// OTel name of the selection counter.
+pub const MODEL_SELECTED: &str = "ml_model_selected";
+/// Prometheus name of [`MODEL_SELECTED`].
+pub const PROM_MODEL_SELECTED: &str = "ml_model_selected_total";
+/// OTel name of the components counter.
+pub const COMPONENTS_PLACED: &str = "ml_components_placed";
+/// Prometheus name of [`COMPONENTS_PLACED`].
+pub const PROM_COMPONENTS_PLACED: &str = "ml_components_placed_total";
+/// OTel name of the pipeline run counter.
+pub const PIPELINE_RUNS: &str = "ml_pipeline_runs";
+/// Prometheus name of [`PIPELINE_RUNS`].
+pub const PROM_PIPELINE_RUNS: &str = "ml_pipeline_runs_total";
+/// OTel name of the pipeline duration histogram (unit `s`).
+pub const PIPELINE_DURATION: &str = "ml_pipeline_duration";
+/// Prometheus name of [`PIPELINE_DURATION`].
+pub const PROM_PIPELINE_DURATION: &str = "ml_pipeline_duration_seconds";
+/// OTel name of the model error counter.
+pub const MODEL_ERRORS: &str = "ml_model_errors";
+/// Prometheus name of [`MODEL_ERRORS`].
+pub const PROM_MODEL_ERRORS: &str = "ml_model_errors_total";
+/// OTel (and Prometheus) name of the model-loaded gauge.
+pub const MODEL_LOADED: &str = "ml_model_loaded";
+/// OTel (and Prometheus) name of the feature drift gauge.
+pub const FEATURE_DRIFT_PSI: &str = "ml_feature_drift_psi";
+/// OTel name of the HTTP server duration histogram (semantic conventions).
+pub const HTTP_SERVER_REQUEST_DURATION: &str = "http.server.request.duration";
+/// Prometheus name of [`HTTP_SERVER_REQUEST_DURATION`].
+pub const PROM_HTTP_SERVER_REQUEST_DURATION: &str = "http_server_request_duration_seconds";
+/// OTel name of the in-flight HTTP request gauge (semantic conventions).
+pub const HTTP_SERVER_ACTIVE_REQUESTS: &str = "http.server.active_requests";
+/// Prometheus name of [`HTTP_SERVER_ACTIVE_REQUESTS`].
+pub const PROM_HTTP_SERVER_ACTIVE_REQUESTS: &str = "http_server_active_requests";
+
+/// Every metric of the contract as it appears on /metrics, with its labels.
+pub const PROM_CONTRACT: &[(&str, &[&str])] = &[
+    (PROM_MODEL_EXECUTIONS, &[MODEL_NAME, STAGE, OUTCOME]),
+    (PROM_MODEL_EXECUTION_DURATION, &[MODEL_NAME, STAGE]),
+    (MODEL_CONFIDENCE_SCORE, &[MODEL_NAME]),
+    (MODEL_CONFIDENCE, &[MODEL_NAME]),
+    (PROM_MODEL_SELECTED, &[STAGE, MODEL_NAME]),
+    (PROM_COMPONENTS_PLACED, &[COMPONENT_TYPE, MODEL_NAME]),
+    (PROM_PIPELINE_RUNS, &[PIPELINE, OUTCOME]),
+    (PROM_PIPELINE_DURATION, &[PIPELINE]),
+    (PROM_MODEL_ERRORS, &[MODEL_NAME, ERROR_TYPE]),
+    (MODEL_LOADED, &[MODEL_NAME, MODEL_VERSION]),
+    (FEATURE_DRIFT_PSI, &[FEATURE]),
+    (
+        PROM_HTTP_SERVER_REQUEST_DURATION,
+        &[
+            "http_request_method",
+            "http_route",
+            "http_response_status_code",
+        ],
+    ),
+    (PROM_HTTP_SERVER_ACTIVE_REQUESTS, &["http_request_method"]),
+];
+
+/// Label: the model's name.
+pub const MODEL_NAME: &str = "model_name";
+/// Label: the model's version.
+pub const MODEL_VERSION: &str = "model_version";
+/// Label: the stage's name.
+pub const STAGE: &str = "stage";
+/// Label: how a model execution or a pipeline run ended.
+pub const OUTCOME: &str = "outcome";
+/// Label: the pipeline's name.
+pub const PIPELINE: &str = "pipeline";
+/// Label: the type of a produced component.
+pub const COMPONENT_TYPE: &str = "component_type";
+/// Label: the class of a model error.
+pub const ERROR_TYPE: &str = "error_type";
+/// Label: the input feature a drift figure is about.
+pub const FEATURE: &str = "feature";
+
+/// Attribute (OTel form): HTTP request method.
+pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
+/// Attribute (OTel form): matched route template.
+pub const HTTP_ROUTE: &str = "http.route";
+/// Attribute (OTel form): HTTP response status code.
+pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+
+/// Span: one pipeline run (root, or child of the incoming request).
+pub const SPAN_PIPELINE_RUN: &str = "pipeline.run";
+/// Span: one stage of a run.
+pub const SPAN_STAGE_RUN: &str = "stage.run";
+/// Span: one model execution.
+pub const SPAN_MODEL_RUN: &str = "model.run";
+
+/// Outcome value: the model or run succeeded.
+pub const OUTCOME_SUCCESS: &str = "success";
+/// Outcome value: the pipeline run failed.
+pub const OUTCOME_FAILURE: &str = "failure";

@@ -1,0 +1,85 @@
+//! Typed errors of building and running pipelines.
+
+use super::report::{Outcome, StageReport};
+
+/// Why a pipeline could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The pipeline has no stage.
+    #[error("pipeline `{pipeline}` has no stage")]
+    NoStages {
+        /// The pipeline's name.
+        pipeline: String,
+    },
+    /// A stage has no model.
+    #[error("stage `{stage}` has no model")]
+    EmptyStage {
+        /// The stage's name.
+        stage: String,
+    },
+    /// Two stages share a name (stage names are metric labels).
+    #[error("stage name `{stage}` is used twice")]
+    DuplicateStage {
+        /// The repeated name.
+        stage: String,
+    },
+    /// Two models of one stage share a name (model names are metric labels).
+    #[error("model name `{model}` is used twice in stage `{stage}`")]
+    DuplicateModel {
+        /// The stage's name.
+        stage: String,
+        /// The repeated name.
+        model: String,
+    },
+    /// A name is empty or too long to be a label value.
+    #[error("invalid {what} name `{name}`: must be 1 to 64 characters")]
+    InvalidName {
+        /// What was being named: `pipeline`, `stage` or `model`.
+        what: &'static str,
+        /// The rejected name.
+        name: String,
+    },
+}
+
+/// One model's failure, as named in a [`RunError`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFailure {
+    /// The model's name.
+    pub model: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The error, panic message or timeout.
+    pub message: String,
+}
+
+/// Why a pipeline run failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// No model of a stage succeeded, so the run cannot go on.
+    #[error(
+        "stage `{stage}` of pipeline `{pipeline}` failed: {}",
+        describe(failures)
+    )]
+    StageFailed {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The stage that failed.
+        stage: String,
+        /// Every model of the stage that failed, with how.
+        failures: Vec<ModelFailure>,
+        /// The reports of the stages that ran, the failed one last.
+        stages: Vec<StageReport>,
+        /// The W3C trace id of the run, when tracing is on.
+        trace_id: Option<String>,
+    },
+}
+
+fn describe(failures: &[ModelFailure]) -> String {
+    failures
+        .iter()
+        .map(|f| format!("{} ({}: {})", f.model, f.outcome.as_str(), f.message))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,308 @@
+//! One-call telemetry setup: the tracing subscriber (stdout logs, the
+//! tracing-opentelemetry span bridge, the OTLP log bridge), the OTel meter
+//! provider behind the Prometheus exporter, and the W3C propagator.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use opentelemetry::metrics::{Meter, MeterProvider as _};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::logs::SdkLoggerProvider;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use prometheus::{Encoder as _, TextEncoder};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use super::config::{ConfigError, LogFormat, OtlpTarget, Protocol, TelemetryConfig};
+use super::json::JsonFormat;
+
+/// Targets that must never feed the OTel layers: the exporters' own HTTP and
+/// gRPC stacks and the OTel crates' internal logs would otherwise export
+/// themselves in a loop. EnvFilter targets match by prefix.
+const OTEL_FEEDBACK_TARGETS: &str =
+    "hyper=off,h2=off,tonic=off,tower=off,reqwest=off,opentelemetry=off";
+
+/// How long one OTLP export may take before it is given up.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why telemetry could not be set up or shut down.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// A configuration value is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// An OTLP exporter could not be built.
+    #[error("cannot build the OTLP {signal} exporter for {endpoint}: {source}")]
+    Exporter {
+        /// `traces` or `logs`.
+        signal: &'static str,
+        /// The endpoint it was meant for.
+        endpoint: String,
+        /// The exporter's error.
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    /// The Prometheus exporter could not be built or registered.
+    #[error("cannot set up the Prometheus exporter: {0}")]
+    Prometheus(String),
+    /// A global tracing subscriber is already installed.
+    #[error("a global tracing subscriber is already installed: {0}")]
+    SubscriberAlreadySet(String),
+    /// Flushing or shutting down a provider failed.
+    #[error("telemetry shutdown failed: {0}")]
+    Shutdown(String),
+}
+
+/// The installed telemetry: gives the meter and the /metrics text, and
+/// flushes every signal on [`Telemetry::shutdown`] (or on drop).
+pub struct Telemetry {
+    registry: prometheus::Registry,
+    meter_provider: SdkMeterProvider,
+    tracer_provider: Option<SdkTracerProvider>,
+    logger_provider: Option<SdkLoggerProvider>,
+    tracing_enabled: bool,
+    shut_down: AtomicBool,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("traces_exported", &self.tracer_provider.is_some())
+            .field("logs_exported", &self.logger_provider.is_some())
+            .field("tracing_enabled", &self.tracing_enabled)
+            .finish()
+    }
+}
+
+/// Sets up telemetry from `config` and installs it globally: the tracing
+/// subscriber (stdout), the OTel meter and tracer providers, and the W3C
+/// trace-context propagator. Must be called inside a tokio runtime when a
+/// gRPC exporter is configured.
+pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
+    init_with_writer(config, std::io::stdout)
+}
+
+/// Like [`init`], with log lines written to `writer` instead of stdout (tests
+/// and benchmarks use a buffer or a sink).
+pub fn init_with_writer<W>(config: &TelemetryConfig, writer: W) -> Result<Telemetry, TelemetryError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let resource = Resource::builder()
+        .with_service_name(config.service_name.clone())
+        .build();
+    let (registry, meter_provider) = metrics_provider(resource.clone())?;
+
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
+    let fmt_filter = env_filter(&config.log_filter)?;
+    layers.push(match config.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .event_format(JsonFormat)
+            .with_writer(writer)
+            .with_filter(fmt_filter)
+            .boxed(),
+        LogFormat::Console => tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_filter(fmt_filter)
+            .boxed(),
+    });
+
+    let mut tracer_provider = None;
+    let mut logger_provider = None;
+    if !config.sdk_disabled {
+        let mut builder = SdkTracerProvider::builder()
+            .with_resource(resource.clone())
+            .with_sampler(config.sampler.to_sampler());
+        if let Some(target) = &config.traces {
+            builder = builder.with_batch_exporter(span_exporter(target)?);
+        }
+        let provider = builder.build();
+        let tracer = provider.tracer("pipelens");
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(otel_filter(&config.log_filter)?)
+                .boxed(),
+        );
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        tracer_provider = Some(provider);
+
+        if let Some(target) = &config.logs {
+            let provider = SdkLoggerProvider::builder()
+                .with_resource(resource)
+                .with_batch_exporter(log_exporter(target)?)
+                .build();
+            layers.push(
+                OpenTelemetryTracingBridge::new(&provider)
+                    .with_filter(otel_filter(&config.log_filter)?)
+                    .boxed(),
+            );
+            logger_provider = Some(provider);
+        }
+    }
+
+    tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .map_err(|e| TelemetryError::SubscriberAlreadySet(e.to_string()))?;
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    opentelemetry::global::set_meter_provider(meter_provider.clone());
+
+    Ok(Telemetry {
+        registry,
+        meter_provider,
+        tracing_enabled: tracer_provider.is_some(),
+        tracer_provider,
+        logger_provider,
+        shut_down: AtomicBool::new(false),
+    })
+}
+
+/// A meter provider whose only reader is the Prometheus exporter, registered
+/// in a fresh registry. Used by [`init`]; tests use it without a subscriber.
+pub fn metrics_provider(
+    resource: Resource,
+) -> Result<(prometheus::Registry, SdkMeterProvider), TelemetryError> {
+    let registry = prometheus::Registry::new();
+    let exporter = opentelemetry_prometheus::exporter()
+        .with_registry(registry.clone())
+        .scope_info_enabled(false)
+        .build()
+        .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
+    let provider = SdkMeterProvider::builder()
+        .with_reader(exporter)
+        .with_resource(resource)
+        .build();
+    Ok((registry, provider))
+}
+
+/// Encodes every metric in `registry` in the Prometheus text format 0.0.4.
+pub fn encode_metrics(registry: &prometheus::Registry) -> String {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    // Encoding into a Vec cannot fail on I/O; a malformed family is skipped
+    // by the encoder's caller contract, so an error leaves what was written.
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// The `Content-Type` of [`encode_metrics`]'s output.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn env_filter(directives: &str) -> Result<EnvFilter, ConfigError> {
+    EnvFilter::try_new(directives).map_err(|e| ConfigError {
+        variable: "RUST_LOG".to_owned(),
+        value: directives.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn otel_filter(directives: &str) -> Result<EnvFilter, ConfigError> {
+    env_filter(&format!("{directives},{OTEL_FEEDBACK_TARGETS}"))
+}
+
+fn span_exporter(target: &OtlpTarget) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    let built = match target.protocol {
+        Protocol::Grpc => builder
+            .with_tonic()
+            .with_endpoint(&target.endpoint)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build(),
+        Protocol::HttpProtobuf => builder
+            .with_http()
+            .with_endpoint(&target.endpoint)
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build(),
+    };
+    built.map_err(|source| TelemetryError::Exporter {
+        signal: "traces",
+        endpoint: target.endpoint.clone(),
+        source,
+    })
+}
+
+fn log_exporter(target: &OtlpTarget) -> Result<opentelemetry_otlp::LogExporter, TelemetryError> {
+    let builder = opentelemetry_otlp::LogExporter::builder();
+    let built = match target.protocol {
+        Protocol::Grpc => builder
+            .with_tonic()
+            .with_endpoint(&target.endpoint)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build(),
+        Protocol::HttpProtobuf => builder
+            .with_http()
+            .with_endpoint(&target.endpoint)
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_timeout(EXPORT_TIMEOUT)
+            .build(),
+    };
+    built.map_err(|source| TelemetryError::Exporter {
+        signal: "logs",
+        endpoint: target.endpoint.clone(),
+        source,
+    })
+}
+
+impl Telemetry {
+    /// The meter pipelines and the HTTP layer record into.
+    pub fn meter(&self) -> Meter {
+        self.meter_provider.meter("pipelens")
+    }
+
+    /// The registry behind /metrics.
+    pub fn registry(&self) -> &prometheus::Registry {
+        &self.registry
+    }
+
+    /// The current metrics in the Prometheus text format.
+    pub fn encode_metrics(&self) -> String {
+        encode_metrics(&self.registry)
+    }
+
+    /// Whether spans are created (false under `OTEL_SDK_DISABLED=true`).
+    pub fn tracing_enabled(&self) -> bool {
+        self.tracing_enabled
+    }
+
+    /// Flushes and shuts down traces, then logs, then metrics. Blocks until
+    /// the exporters finish or time out: call it from `spawn_blocking` in
+    /// async code. Runs once; later calls return `Ok`.
+    pub fn shutdown(&self) -> Result<(), TelemetryError> {
+        if self.shut_down.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut errors = Vec::new();
+        if let Some(p) = &self.tracer_provider {
+            if let Err(e) = p.shutdown() {
+                errors.push(format!("traces: {e}"));
+            }
+        }
+        if let Some(p) = &self.logger_provider {
+            if let Err(e) = p.shutdown() {
+                errors.push(format!("logs: {e}"));
+            }
+        }
+        if let Err(e) = self.meter_provider.shutdown() {
+            errors.push(format!("metrics: {e}"));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(TelemetryError::Shutdown(errors.join("; ")))
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}

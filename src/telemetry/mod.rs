@@ -1,0 +1,13 @@
+//! Telemetry setup: configuration from the OpenTelemetry environment
+//! variables, one [`init`] call that installs logs, traces and metrics, and
+//! the guard that flushes them.
+
+mod config;
+mod init;
+mod json;
+
+pub use config::{ConfigError, LogFormat, OtlpTarget, Protocol, SamplerConfig, TelemetryConfig};
+pub use init::{
+    encode_metrics, init, init_with_writer, metrics_provider, Telemetry, TelemetryError,
+    METRICS_CONTENT_TYPE,
+};
