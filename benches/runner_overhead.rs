@@ -1,3 +1,196 @@
-//! Benchmark placeholder.
+//! What the instrumented runner adds to a model execution.
+//!
+//! Run: `cargo bench --bench runner_overhead`
+//!
+//! Compares, on the demo pipeline (12×8 room, one obstacle; five model
+//! executions per run: three light candidates, air supply, smoke detectors):
+//! - `direct`: the same five models called one after another, best light
+//!   candidate picked by hand — no spans, metrics or logs;
+//! - `instrumented/inline`: `Pipeline::run` with `Execution::Inline`, every
+//!   span sampled through tracing-opentelemetry (no exporter: the SDK's no-op
+//!   sink), every metric recorded into the OTel SDK behind the Prometheus
+//!   exporter, and JSON log lines formatted and written to `io::sink()`;
+//! - `instrumented/offload`: the same with `Execution::Offload` (each model on
+//!   tokio's blocking pool), which adds a thread hop per model.
+//!
+//! After criterion's figures it prints the added time per model execution,
+//! measured side by side (interleaved batches) in the same process.
+//! Figures on the 2-core development machine are in the README.
 
-fn main() {}
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use pipelens::ceiling::{
+    AirSupply, Cell, DenseLights, Layout, PerimeterLights, Room, SmokeDetectors, SparseLights,
+};
+use pipelens::telemetry::{self, LogFormat, TelemetryConfig};
+use pipelens::{Execution, Model, Pipeline, Stage};
+
+const MODELS_PER_RUN: f64 = 5.0;
+
+fn room() -> Layout {
+    Layout::empty(Room::new(12, 8, vec![Cell::new(3, 4)]).expect("valid room"))
+}
+
+/// The five models called directly, with the selection done by hand.
+fn direct(input: &Layout) -> Layout {
+    let candidates = [
+        DenseLights.run(input),
+        SparseLights.run(input),
+        PerimeterLights.run(input),
+    ];
+    let best = candidates
+        .into_iter()
+        .flatten()
+        .max_by(|a, b| a.confidence.total_cmp(&b.confidence))
+        .expect("a light candidate");
+    let air = AirSupply.run(&best.output).expect("air supply");
+    SmokeDetectors
+        .run(&air.output)
+        .expect("smoke detectors")
+        .output
+}
+
+fn pipeline(meter: opentelemetry::metrics::Meter, execution: Execution) -> Pipeline<Layout> {
+    Pipeline::builder("ceiling-layout")
+        .meter(meter)
+        .execution(execution)
+        .stage(
+            Stage::parallel("lighting")
+                .model(DenseLights)
+                .model(SparseLights)
+                .model(PerimeterLights),
+        )
+        .stage(
+            Stage::sequential("fixtures")
+                .model(AirSupply)
+                .model(SmokeDetectors),
+        )
+        .build()
+        .expect("valid pipeline")
+}
+
+struct Setup {
+    runtime: tokio::runtime::Runtime,
+    inline: Pipeline<Layout>,
+    offload: Pipeline<Layout>,
+    _telemetry: Arc<telemetry::Telemetry>,
+}
+
+fn setup() -> Setup {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let config = TelemetryConfig {
+        log_format: LogFormat::Json,
+        ..TelemetryConfig::default()
+    };
+    let telemetry = runtime.block_on(async {
+        Arc::new(telemetry::init_with_writer(&config, std::io::sink).expect("telemetry"))
+    });
+    let meter = telemetry.meter();
+    Setup {
+        inline: pipeline(meter.clone(), Execution::Inline),
+        offload: pipeline(meter, Execution::Offload),
+        runtime,
+        _telemetry: telemetry,
+    }
+}
+
+fn bench(c: &mut Criterion, s: &Setup) {
+    let input = room();
+    let mut group = c.benchmark_group("runner_overhead");
+    group.bench_function("direct", |b| {
+        b.iter(|| {
+            s.runtime
+                .block_on(async { black_box(direct(black_box(&input))) })
+        })
+    });
+    group.bench_function("instrumented/inline", |b| {
+        b.iter(|| {
+            s.runtime
+                .block_on(s.inline.run(black_box(input.clone())))
+                .expect("run")
+        })
+    });
+    group.bench_function("instrumented/offload", |b| {
+        b.iter(|| {
+            s.runtime
+                .block_on(s.offload.run(black_box(input.clone())))
+                .expect("run")
+        })
+    });
+    group.finish();
+}
+
+/// Mean time of one call of `f` over `n` calls.
+fn mean(n: u32, mut f: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    start.elapsed() / n
+}
+
+/// Interleaves batches of the three variants and prints the added time per
+/// model execution, so the figures share the machine's state.
+fn side_by_side(s: &Setup) {
+    let input = room();
+    let (mut d, mut i, mut o) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..15 {
+        d.push(mean(400, || {
+            s.runtime.block_on(async {
+                black_box(direct(&input));
+            })
+        }));
+        i.push(mean(400, || {
+            black_box(s.runtime.block_on(s.inline.run(input.clone())).ok());
+        }));
+        o.push(mean(400, || {
+            black_box(s.runtime.block_on(s.offload.run(input.clone())).ok());
+        }));
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (d, i, o) = (median(&mut d), median(&mut i), median(&mut o));
+    let per_model = |x: Duration| (x.as_secs_f64() - d.as_secs_f64()) / MODELS_PER_RUN * 1e6;
+    println!("\nside by side (median of 15 interleaved batches of 400 runs, 5 model executions per run):");
+    println!(
+        "  direct               {:>9.2} µs/run",
+        d.as_secs_f64() * 1e6
+    );
+    println!(
+        "  instrumented/inline  {:>9.2} µs/run  ({:.2}× direct)  added per model execution: {:.2} µs",
+        i.as_secs_f64() * 1e6,
+        i.as_secs_f64() / d.as_secs_f64(),
+        per_model(i)
+    );
+    println!(
+        "  instrumented/offload {:>9.2} µs/run  ({:.2}× direct)  added per model execution: {:.2} µs",
+        o.as_secs_f64() * 1e6,
+        o.as_secs_f64() / d.as_secs_f64(),
+        per_model(o)
+    );
+}
+
+/// Criterion's figures, then the side-by-side summary.
+fn benches() {
+    let s = setup();
+    let mut c = Criterion::default()
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1))
+        .configure_from_args();
+    bench(&mut c, &s);
+    c.final_summary();
+    side_by_side(&s);
+}
+
+fn main() {
+    benches();
+}

@@ -13,3 +13,9 @@ pub use pipeline::{
     PipelineBuilder, Prediction, RunError, RunReport, SelectionPolicy, Stage, StageKind,
     StageReport,
 };
+pub mod ceiling;
+pub mod drift;
+pub mod faults;
+pub mod loadgen;
+pub mod planner;
+pub mod server;

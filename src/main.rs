@@ -1,3 +1,199 @@
-//! The `pipelens` command line.
+//! The `pipelens` command line: `serve` the ceiling-layout pipeline over
+//! HTTP, `run` it once on a room file, drive a service with `loadgen`, and
+//! `healthcheck` a service (for container health checks without a shell).
 
-fn main() {}
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use pipelens::faults::Faults;
+use pipelens::loadgen::{self, LoadgenConfig};
+use pipelens::server::{self, AppState, Readiness};
+use pipelens::telemetry::{self, TelemetryConfig};
+use pipelens::{ceiling, planner};
+
+#[derive(Parser)]
+#[command(
+    name = "pipelens",
+    version,
+    about = "Observable ML pipelines: the ceiling-layout planner as a service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the pipeline over HTTP with /health, /ready and /metrics.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "PIPELENS_ADDR", default_value = "0.0.0.0:8000")]
+        addr: SocketAddr,
+    },
+    /// Run the pipeline once on a room file and print the report as JSON.
+    Run {
+        /// The room as JSON: {"width": 12, "length": 8, "obstacles": [{"x": 3, "y": 4}]}.
+        #[arg(long)]
+        input: PathBuf,
+    },
+    /// Drive a running service with a realistic mix of rooms.
+    Loadgen {
+        /// Base URL of the service.
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        target: String,
+        /// Requests per second.
+        #[arg(long, default_value_t = 5.0)]
+        rps: f64,
+        /// Seconds to run; 0 runs until Ctrl-C or SIGTERM.
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        /// Share of deliberately bad requests, in [0, 1].
+        #[arg(long, default_value_t = 0.05)]
+        bad_share: f64,
+        /// Most requests in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Seed of the room generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Exit 0 if the URL answers 200, 1 otherwise (container health checks).
+    Healthcheck {
+        /// URL to probe.
+        #[arg(long, default_value = "http://127.0.0.1:8000/health")]
+        url: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { addr } => serve(addr).await,
+        Command::Run { input } => run_once(input).await,
+        Command::Loadgen {
+            target,
+            rps,
+            duration,
+            bad_share,
+            concurrency,
+            seed,
+        } => {
+            let config = LoadgenConfig {
+                target,
+                rps,
+                duration: (duration > 0).then(|| Duration::from_secs(duration)),
+                bad_share,
+                concurrency,
+                seed,
+            };
+            let _telemetry = telemetry::init(&TelemetryConfig::from_env()?)?;
+            let readiness = Arc::new(Readiness::new(true));
+            let summary = loadgen::run(config, server::shutdown_signal(readiness)).await?;
+            println!("{summary}");
+            Ok(())
+        }
+        Command::Healthcheck { url } => healthcheck(&url).await,
+    }
+}
+
+async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
+    let config = TelemetryConfig::from_env()?;
+    let telemetry = telemetry::init(&config).context("cannot initialise telemetry")?;
+    let faults = Arc::new(Faults::from_env()?);
+    faults.watch(Duration::from_secs(1));
+    let meter = telemetry.meter();
+    let pipeline = planner::pipeline(Some(meter.clone()), &faults)?;
+    let drift = Arc::new(planner::drift_monitor(&meter));
+    let readiness = Arc::new(Readiness::new(true));
+    let state = AppState::new(
+        pipeline,
+        drift,
+        telemetry.registry().clone(),
+        Arc::clone(&readiness),
+    );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on --addr {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(
+        address = %local,
+        traces_exported = config.traces.is_some(),
+        logs_exported = config.logs.is_some(),
+        faults = ?faults.snapshot(),
+        "pipelens listening"
+    );
+    server::serve(
+        listener,
+        server::router(state, &meter),
+        server::shutdown_signal(readiness),
+    )
+    .await
+    .context("server failed")?;
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .context("telemetry shutdown task failed")??;
+    Ok(())
+}
+
+async fn run_once(input: PathBuf) -> anyhow::Result<()> {
+    let text = std::fs::read(&input)
+        .with_context(|| format!("cannot read --input {}", input.display()))?;
+    let room = server::parse_room(&text)
+        .map_err(|e| anyhow::anyhow!("--input {}: {e}", input.display()))?;
+    let config = TelemetryConfig::from_env()?;
+    let telemetry = telemetry::init_with_writer(&config, std::io::stderr)?;
+    let faults = Arc::new(Faults::from_env()?);
+    let pipeline = planner::pipeline(Some(telemetry.meter()), &faults)?;
+    let result = pipeline.run(ceiling::Layout::empty(room)).await;
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await??;
+    match result {
+        Ok(report) => {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Err(e) => bail!(e),
+    }
+}
+
+async fn healthcheck(url: &str) -> anyhow::Result<()> {
+    use http_body_util::Empty;
+    use hyper::body::Bytes;
+    let uri: hyper::Uri = url
+        .parse()
+        .with_context(|| format!("invalid --url {url}"))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<Bytes>>();
+    let response = tokio::time::timeout(Duration::from_secs(3), client.get(uri))
+        .await
+        .with_context(|| format!("{url} did not answer within 3 s"))?
+        .with_context(|| format!("cannot reach {url}"))?;
+    if !response.status().is_success() {
+        bail!("{url} answered {}", response.status());
+    }
+    Ok(())
+}

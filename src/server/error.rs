@@ -1,0 +1,121 @@
+//! The API's one error type: every failure becomes a status code and a JSON
+//! body `{"error": {"code", "message", "field"?}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::pipeline::RunError;
+
+/// The cause of a 5xx, attached to the response for the HTTP layer to log
+/// inside the request span (4xx are the caller's fault and are not logged).
+#[derive(Debug, Clone)]
+pub(crate) struct ServerErrorCause(pub(crate) String);
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The body is not JSON at all.
+    #[error("malformed JSON: {message}")]
+    MalformedJson {
+        /// The parser's message.
+        message: String,
+    },
+    /// A field is missing, of the wrong type, or out of range.
+    #[error("invalid field `{field}`: {message}")]
+    InvalidField {
+        /// JSON path of the field, such as `obstacles[2].x`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The request has no JSON content type.
+    #[error("expected `Content-Type: application/json`")]
+    UnsupportedMediaType,
+    /// The body could not be read (too large, or the connection broke).
+    #[error("{message}")]
+    Body {
+        /// The status the body rejection carries (413 for too large).
+        status: StatusCode,
+        /// What happened.
+        message: String,
+    },
+    /// No model of a stage succeeded.
+    #[error(transparent)]
+    PipelineFailed(#[from] RunError),
+    /// The request took longer than the server's request timeout.
+    #[error("request took longer than {0:?}")]
+    Timeout(std::time::Duration),
+    /// The service is shutting down or not ready.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    /// No such route.
+    #[error("no route for this path")]
+    NotFound,
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MalformedJson { .. } | Self::InvalidField { .. } => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Body { status, .. } => *status,
+            Self::PipelineFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Timeout(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// The stable machine-readable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MalformedJson { .. } => "malformed_json",
+            Self::InvalidField { .. } => "invalid_field",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Body { status, .. } if *status == StatusCode::PAYLOAD_TOO_LARGE => {
+                "payload_too_large"
+            }
+            Self::Body { .. } => "unreadable_body",
+            Self::PipelineFailed(_) => "pipeline_failed",
+            Self::Timeout(_) => "request_timeout",
+            Self::Unavailable(_) => "unavailable",
+            Self::NotFound => "not_found",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut error = json!({ "code": self.code(), "message": self.to_string() });
+        match &self {
+            Self::InvalidField { field, .. } => {
+                error["field"] = json!(field);
+            }
+            Self::PipelineFailed(RunError::StageFailed {
+                stage,
+                failures,
+                trace_id,
+                ..
+            }) => {
+                error["stage"] = json!(stage);
+                error["models"] = json!(failures
+                    .iter()
+                    .map(|f| json!({"model": f.model, "outcome": f.outcome, "message": f.message}))
+                    .collect::<Vec<_>>());
+                error["trace_id"] = json!(trace_id);
+            }
+            _ => {}
+        }
+        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        if status.is_server_error() {
+            response
+                .extensions_mut()
+                .insert(ServerErrorCause(self.to_string()));
+        }
+        response
+    }
+}

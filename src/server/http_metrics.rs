@@ -1,0 +1,186 @@
+//! The HTTP layer: a server span per request (continuing an incoming W3C
+//! `traceparent`), the OTel HTTP server metrics, the request timeout, and
+//! logging of 5xx causes inside the request span.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use opentelemetry::metrics::{Histogram, Meter, UpDownCounter};
+use opentelemetry::propagation::Extractor;
+use opentelemetry::KeyValue;
+use tracing::{field, Instrument};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::error::{ApiError, ServerErrorCause};
+use crate::names;
+
+/// Bucket boundaries (seconds) for request durations: the semantic
+/// conventions' advice, extended down to 0.5 ms since runs are fast.
+const HTTP_DURATION_BUCKETS: [f64; 17] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+    7.5, 10.0,
+];
+
+/// Routes that are polled by machines: their spans are DEBUG so a scrape
+/// every few seconds does not fill the trace store.
+const INFRA_ROUTES: [&str; 3] = ["/metrics", "/health", "/ready"];
+
+/// The HTTP server instruments and the request timeout.
+pub(crate) struct HttpLayer {
+    duration: Histogram<f64>,
+    active: UpDownCounter<i64>,
+    timeout: Duration,
+}
+
+impl HttpLayer {
+    pub(crate) fn new(meter: &Meter, timeout: Duration) -> Self {
+        Self {
+            duration: meter
+                .f64_histogram(names::HTTP_SERVER_REQUEST_DURATION)
+                .with_unit("s")
+                .with_description("Duration of HTTP server requests")
+                .with_boundaries(HTTP_DURATION_BUCKETS.to_vec())
+                .build(),
+            active: meter
+                .i64_up_down_counter(names::HTTP_SERVER_ACTIVE_REQUESTS)
+                .with_unit("{request}")
+                .with_description("Number of active HTTP server requests")
+                .build(),
+            timeout,
+        }
+    }
+}
+
+/// The method as a bounded label value: known methods, else `_OTHER`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Decrements the in-flight gauge even when the client goes away and the
+/// request future is dropped.
+struct InFlight<'a> {
+    counter: &'a UpDownCounter<i64>,
+    attrs: [KeyValue; 1],
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.counter.add(-1, &self.attrs);
+    }
+}
+
+/// The middleware: span, metrics, timeout, 5xx logging.
+pub(crate) async fn observe(
+    State(layer): State<Arc<HttpLayer>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = method_label(request.method());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let route_name = route.as_deref().unwrap_or("");
+    let span_name = match &route {
+        Some(r) => format!("{method} {r}"),
+        None => method.to_owned(),
+    };
+    let span = if INFRA_ROUTES.contains(&route_name) {
+        tracing::debug_span!(
+            "http.request",
+            otel.name = %span_name,
+            otel.kind = "server",
+            http.request.method = method,
+            http.route = route_name,
+            http.response.status_code = field::Empty,
+            otel.status_code = field::Empty,
+        )
+    } else {
+        tracing::info_span!(
+            "http.request",
+            otel.name = %span_name,
+            otel.kind = "server",
+            http.request.method = method,
+            http.route = route_name,
+            http.response.status_code = field::Empty,
+            otel.status_code = field::Empty,
+        )
+    };
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&HeaderExtractor(request.headers()))
+    });
+    let _ = span.set_parent(parent);
+
+    let method_attr = [KeyValue::new(names::HTTP_REQUEST_METHOD, method)];
+    layer.active.add(1, &method_attr);
+    let in_flight = InFlight {
+        counter: &layer.active,
+        attrs: method_attr.clone(),
+    };
+    let started = Instant::now();
+    let response =
+        match tokio::time::timeout(layer.timeout, next.run(request).instrument(span.clone())).await
+        {
+            Ok(response) => response,
+            Err(_) => ApiError::Timeout(layer.timeout).into_response(),
+        };
+    drop(in_flight);
+
+    let status = response.status();
+    let mut attrs = Vec::with_capacity(3);
+    attrs.push(method_attr[0].clone());
+    if let Some(r) = route {
+        attrs.push(KeyValue::new(names::HTTP_ROUTE, r));
+    }
+    attrs.push(KeyValue::new(
+        names::HTTP_RESPONSE_STATUS_CODE,
+        i64::from(status.as_u16()),
+    ));
+    layer
+        .duration
+        .record(started.elapsed().as_secs_f64(), &attrs);
+
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+        let cause = response
+            .extensions()
+            .get::<ServerErrorCause>()
+            .map_or("unknown", |c| c.0.as_str());
+        span.in_scope(|| {
+            tracing::error!(
+                http.response.status_code = status.as_u16(),
+                error.message = %cause,
+                "request failed"
+            );
+        });
+    }
+    response
+}

@@ -1,0 +1,228 @@
+//! The end-to-end export check shared by the gRPC and HTTP tests: a request
+//! with a W3C traceparent goes through the real service, and its spans and
+//! logs arrive at a real OTLP receiver with the right shape.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::StatusCode;
+use pipelens::faults::Faults;
+use pipelens::telemetry::{self, LogFormat, OtlpTarget, Protocol, TelemetryConfig};
+
+use super::otlp::{self, attr_str, body_text};
+use super::service::{post_room, start};
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN_ID: &str = "00f067aa0ba902b7";
+
+/// A MakeWriter that keeps every stdout line for inspection.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub async fn spans_and_logs_arrive(protocol: Protocol) {
+    let (addr, received) = match protocol {
+        Protocol::Grpc => otlp::start_grpc().await,
+        Protocol::HttpProtobuf => otlp::start_http().await,
+    };
+    let endpoint = |path: &str| match protocol {
+        Protocol::Grpc => format!("http://{addr}"),
+        Protocol::HttpProtobuf => format!("http://{addr}{path}"),
+    };
+    let config = TelemetryConfig {
+        service_name: "pipelens-export-test".into(),
+        log_format: LogFormat::Json,
+        traces: Some(OtlpTarget {
+            endpoint: endpoint("/v1/traces"),
+            protocol,
+        }),
+        logs: Some(OtlpTarget {
+            endpoint: endpoint("/v1/logs"),
+            protocol,
+        }),
+        ..TelemetryConfig::default()
+    };
+    let stdout = Captured::default();
+    let writer = stdout.clone();
+    let telemetry = Arc::new(telemetry::init_with_writer(&config, move || writer.clone()).unwrap());
+    let service = start(
+        &telemetry.meter(),
+        telemetry.registry().clone(),
+        Faults::new(Some(r#"{"light_perimeter": {"error_rate": 1.0}}"#), None).unwrap(),
+        10,
+    )
+    .await;
+
+    let traceparent = format!("00-{TRACE_ID}-{CLIENT_SPAN_ID}-01");
+    let reply = post_room(
+        service,
+        r#"{"width": 12, "length": 8, "obstacles": [{"x": 3, "y": 4}]}"#,
+        &[("traceparent", &traceparent)],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(
+        reply.json()["trace_id"],
+        TRACE_ID,
+        "the run continues the caller's trace"
+    );
+
+    let t = Arc::clone(&telemetry);
+    tokio::task::spawn_blocking(move || t.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    received
+        .wait_for("8 spans and the model logs", Duration::from_secs(20), |r| {
+            r.spans().len() >= 8 && r.logs().len() >= 6
+        })
+        .await;
+
+    let spans = received.spans();
+    let named = |name: &str| -> Vec<_> { spans.iter().filter(|s| s.name == name).collect() };
+    for span in &spans {
+        assert_eq!(
+            hex(&span.trace_id),
+            TRACE_ID,
+            "span {} left the trace",
+            span.name
+        );
+    }
+    let request = named("POST /v1/pipelines/ceiling-layout/runs");
+    assert_eq!(
+        request.len(),
+        1,
+        "one server span: {:?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        hex(&request[0].parent_span_id),
+        CLIENT_SPAN_ID,
+        "server span is the caller's child"
+    );
+    let pipeline = named("pipeline.run");
+    assert_eq!(pipeline.len(), 1);
+    assert_eq!(pipeline[0].parent_span_id, request[0].span_id);
+    assert_eq!(
+        attr_str(&pipeline[0].attributes, "pipeline.name").as_deref(),
+        Some("ceiling-layout")
+    );
+    let stages = named("stage.run");
+    assert_eq!(stages.len(), 2);
+    for stage in &stages {
+        assert_eq!(
+            stage.parent_span_id, pipeline[0].span_id,
+            "stage under pipeline"
+        );
+    }
+    let models = named("model.run");
+    assert_eq!(models.len(), 5);
+    for model in &models {
+        assert!(
+            stages.iter().any(|s| s.span_id == model.parent_span_id),
+            "model span under a stage"
+        );
+        assert_eq!(
+            attr_str(&model.attributes, "model.version").as_deref(),
+            Some("1.0.0")
+        );
+    }
+    let failed = models
+        .iter()
+        .find(|m| attr_str(&m.attributes, "model.name").as_deref() == Some("light_perimeter"))
+        .unwrap();
+    assert_eq!(
+        attr_str(&failed.attributes, "model.outcome").as_deref(),
+        Some("error")
+    );
+    assert_eq!(
+        attr_str(&failed.attributes, "error.type").as_deref(),
+        Some("injected_fault")
+    );
+    let status = failed
+        .status
+        .as_ref()
+        .expect("failed model span has a status");
+    assert_eq!(status.code, 2, "STATUS_CODE_ERROR");
+    let ok = models
+        .iter()
+        .find(|m| attr_str(&m.attributes, "model.name").as_deref() == Some("air_supply"))
+        .unwrap();
+    let confidence: f64 = attr_str(&ok.attributes, "model.confidence")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((0.0..=1.0).contains(&confidence));
+
+    let logs = received.logs();
+    let bodies: Vec<String> = logs.iter().map(body_text).collect();
+    for expected in [
+        "pipeline started",
+        "model selected",
+        "model failed",
+        "pipeline completed",
+    ] {
+        assert!(
+            bodies.iter().any(|b| b == expected),
+            "no `{expected}` log in {bodies:?}"
+        );
+    }
+    for record in logs
+        .iter()
+        .filter(|r| body_text(r).starts_with("model") || body_text(r).starts_with("pipeline"))
+    {
+        assert_eq!(
+            hex(&record.trace_id),
+            TRACE_ID,
+            "log `{}` carries the trace id",
+            body_text(record)
+        );
+        assert_eq!(record.span_id.len(), 8);
+    }
+    let failure = logs
+        .iter()
+        .find(|r| body_text(r) == "model failed")
+        .unwrap();
+    assert_eq!(failure.severity_text, "ERROR");
+    assert_eq!(
+        attr_str(&failure.attributes, "model.name").as_deref(),
+        Some("light_perimeter")
+    );
+    assert!(
+        received
+            .service_names
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|n| n == "pipelens-export-test"),
+        "service.name on the resource"
+    );
+
+    let stdout = String::from_utf8(stdout.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let selected = lines
+        .iter()
+        .find(|l| l["message"] == "model selected")
+        .expect("a JSON `model selected` line");
+    assert_eq!(selected["trace_id"], TRACE_ID);
+    assert_eq!(selected["level"], "INFO");
+    assert_eq!(selected["stage.name"], "lighting");
+    assert_eq!(selected["span_id"].as_str().unwrap().len(), 16);
+}

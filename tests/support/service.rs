@@ -1,0 +1,95 @@
+//! Runs the real service in-process on a loopback port and talks to it over
+//! real HTTP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry::metrics::Meter;
+use pipelens::drift::DriftMonitor;
+use pipelens::faults::Faults;
+use pipelens::planner;
+use pipelens::server::{self, AppState, Readiness};
+
+/// Serves the ceiling-layout pipeline with these faults, recording into
+/// `meter` and serving `registry` on /metrics. The drift reference is the
+/// first `drift_reference` rooms.
+pub async fn start(
+    meter: &Meter,
+    registry: prometheus::Registry,
+    faults: Faults,
+    drift_reference: usize,
+) -> SocketAddr {
+    let faults = Arc::new(faults);
+    let pipeline = planner::pipeline(Some(meter.clone()), &faults).unwrap();
+    let drift = Arc::new(DriftMonitor::new(
+        meter,
+        planner::drift_features(),
+        drift_reference,
+        drift_reference,
+    ));
+    let state = AppState::new(pipeline, drift, registry, Arc::new(Readiness::new(true)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = server::router(state, meter);
+    tokio::spawn(async move {
+        server::serve(listener, router, std::future::pending())
+            .await
+            .unwrap();
+    });
+    addr
+}
+
+/// One HTTP exchange.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Sends a request to the service.
+pub async fn send(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+/// POSTs a room as JSON to the run route.
+pub async fn post_room(addr: SocketAddr, body: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    send(addr, Method::POST, server::RUNS_ROUTE, body, &all).await
+}
