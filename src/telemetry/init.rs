@@ -15,6 +15,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use prometheus::{Encoder as _, TextEncoder};
+use tracing_subscriber::filter::{filter_fn, FilterExt as _};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -125,10 +126,16 @@ where
         }
         let provider = builder.build();
         let tracer = provider.tracer("pipelens");
+        // Spans only: events reach the backends as OTLP log records with the
+        // span's ids (below), so copying each one into its span as a span
+        // event would double their cost on the hot path.
         layers.push(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
-                .with_filter(otel_filter(&config.log_filter)?)
+                .with_filter(
+                    otel_filter(&config.log_filter)?
+                        .and(filter_fn(|meta: &tracing::Metadata<'_>| meta.is_span())),
+                )
                 .boxed(),
         );
         opentelemetry::global::set_tracer_provider(provider.clone());
