@@ -57,7 +57,8 @@ pub struct TelemetryConfig {
     pub service_name: String,
     /// Stdout log format (`PIPELENS_LOG_FORMAT`: `console` or `json`).
     pub log_format: LogFormat,
-    /// Event and span filter in `RUST_LOG` syntax (default `info`).
+    /// Event and span filter in `RUST_LOG` syntax (default `info`, with the
+    /// OTel crates' own start-up chatter at `warn`).
     pub log_filter: String,
     /// OTLP trace export, if any.
     pub traces: Option<OtlpTarget>,
@@ -109,7 +110,7 @@ impl Default for TelemetryConfig {
         Self {
             service_name: "pipelens".to_owned(),
             log_format: LogFormat::Console,
-            log_filter: "info".to_owned(),
+            log_filter: "info,opentelemetry=warn".to_owned(),
             traces: None,
             logs: None,
             sampler: SamplerConfig::ParentBasedAlwaysOn,
