@@ -132,6 +132,13 @@ where
         layers.push(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
+                // Per-span extras that cost allocations and clock reads on
+                // every span and enter/exit, and say little the span names
+                // and attributes do not: busy/idle times, thread name and
+                // id, source location.
+                .with_tracked_inactivity(false)
+                .with_threads(false)
+                .with_location(false)
                 .with_filter(
                     otel_filter(&config.log_filter)?
                         .and(filter_fn(|meta: &tracing::Metadata<'_>| meta.is_span())),

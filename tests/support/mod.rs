@@ -4,3 +4,4 @@
 pub mod export;
 pub mod otlp;
 pub mod service;
+pub mod stack;

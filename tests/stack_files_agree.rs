@@ -1,0 +1,1448 @@
+//! The stack's files agree with each other and with the service, without a
+//! Docker engine and without network beyond loopback:
+//!
+//! - everything docker-compose.yml mounts, builds or reads exists, and the
+//!   container paths the configs point at resolve through those mounts;
+//! - the compose services follow the stack's policy (healthchecks, memory
+//!   limits, log rotation, pinned images, loopback-only ports, health-gated
+//!   `depends_on`, no admin/admin, every variable documented in .env.example);
+//! - every Prometheus scrape and Alertmanager target, Grafana data source URL
+//!   and service-to-service URL in compose is `<compose service>:<a port it
+//!   listens on>`, and every loopback healthcheck probes such a port;
+//! - every metric a rule or a Prometheus dashboard query reads is exported by
+//!   the real service after real runs (its live /metrics), recorded by a rule,
+//!   or a known Prometheus / stack-component metric;
+//! - dashboards parse, their uids are unique and every data source they use
+//!   is provisioned (with the same plugin type);
+//! - every alert has a severity, summary, description, a runbook URL whose
+//!   anchor is a README heading and a dashboard link to a real dashboard, and
+//!   a firing and a non-firing `promtool test rules` case;
+//! - `promtool check config`, `promtool check rules`, `promtool test rules`,
+//!   `amtool check-config` (on the shipped file and on the copy the container
+//!   entrypoint renders) and `docker-compose config` accept the files.
+//!
+//! A missing tool fails the test with the command that installs it.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use hyper::{Method, StatusCode};
+use pipelens::faults::Faults;
+use pipelens::telemetry::metrics_provider;
+use serde_json::Value as Json;
+use serde_yaml_ng::Value as Yaml;
+use support::service::{post_room, send, start};
+use support::stack::*;
+
+/// Fails with every problem at once, one per line.
+fn assert_no_problems(what: &str, problems: &[String]) {
+    assert!(
+        problems.is_empty(),
+        "{what}: {} problem(s):\n  - {}",
+        problems.len(),
+        problems.join("\n  - ")
+    );
+}
+
+// ------------------------------------------------------------------ compose
+
+#[test]
+fn compose_file_passes_docker_compose_config() {
+    let docker_compose = require_tool(&["docker-compose"]);
+    let (ok, out) = run(Command::new(docker_compose).current_dir(repo()).args([
+        "-f",
+        "docker-compose.yml",
+        "config",
+        "-q",
+    ]));
+    assert!(
+        ok,
+        "`docker-compose -f docker-compose.yml config -q` (Debian's compose v1) rejects the file. \
+         If it only objects to keys that need Compose v2, say so in the README:\n{out}"
+    );
+}
+
+#[test]
+fn everything_compose_mounts_builds_or_reads_exists() {
+    let compose = compose();
+    let services = compose_services(&compose);
+    let declared_volumes: BTreeSet<String> = compose["volumes"]
+        .as_mapping()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, _)| yaml_str(k))
+        .collect();
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for (name, service) in &services {
+        let (binds, named) = service_volumes(service);
+        for m in binds {
+            checked += 1;
+            if !m.host.exists() {
+                problems.push(format!(
+                    "{name}: volume {}:{} mounts {}, which does not exist",
+                    m.declared,
+                    m.container,
+                    rel(&m.host)
+                ));
+            }
+        }
+        for v in named {
+            if !declared_volumes.contains(&v) {
+                problems.push(format!(
+                    "{name}: named volume {v:?} is not declared under the top-level volumes"
+                ));
+            }
+        }
+        match &service["build"] {
+            Yaml::Null => {}
+            build => {
+                let context = yaml_str(build)
+                    .or_else(|| yaml_str(&build["context"]))
+                    .unwrap_or_else(|| ".".to_owned());
+                let context = repo().join(context);
+                let dockerfile =
+                    yaml_str(&build["dockerfile"]).unwrap_or_else(|| "Dockerfile".to_owned());
+                checked += 2;
+                if !context.is_dir() {
+                    problems.push(format!(
+                        "{name}: build context {} is not a directory",
+                        rel(&context)
+                    ));
+                }
+                if !context.join(&dockerfile).is_file() {
+                    problems.push(format!(
+                        "{name}: dockerfile {} does not exist",
+                        rel(&context.join(&dockerfile))
+                    ));
+                }
+            }
+        }
+        let env_files: Vec<(String, bool)> = match &service["env_file"] {
+            Yaml::Sequence(items) => items
+                .iter()
+                .map(|i| match yaml_str(i) {
+                    Some(p) => (p, true),
+                    None => (
+                        yaml_str(&i["path"]).unwrap_or_default(),
+                        i["required"].as_bool().unwrap_or(true),
+                    ),
+                })
+                .collect(),
+            Yaml::Null => Vec::new(),
+            other => vec![(yaml_str(other).unwrap_or_default(), true)],
+        };
+        for (path, required) in env_files {
+            checked += 1;
+            if required && !repo().join(&path).is_file() {
+                problems.push(format!(
+                    "{name}: env_file {path} does not exist (a fresh checkout has no .env)"
+                ));
+            }
+        }
+    }
+    for section in ["configs", "secrets"] {
+        for (k, v) in compose[section].as_mapping().into_iter().flatten() {
+            if let Some(file) = yaml_str(&v["file"]) {
+                checked += 1;
+                if !repo().join(&file).exists() {
+                    problems.push(format!(
+                        "{section}.{}: file {file} does not exist",
+                        yaml_str(k).unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(checked > 0, "docker-compose.yml mounts and builds nothing?");
+    assert_no_problems("docker-compose.yml refers to missing files", &problems);
+}
+
+/// The host path of a container path of `service` that must be an existing
+/// file (or directory); a problem otherwise.
+fn expect_mounted(
+    services: &BTreeMap<String, Yaml>,
+    problems: &mut Vec<String>,
+    service: &str,
+    container_path: &str,
+    why: &str,
+    dir: bool,
+) -> Option<std::path::PathBuf> {
+    let Some(svc) = services.get(service) else {
+        problems.push(format!("no compose service {service:?} ({why})"));
+        return None;
+    };
+    match host_path(svc, container_path) {
+        Some(p) if (dir && p.is_dir()) || (!dir && p.is_file()) => Some(p),
+        Some(p) => {
+            problems.push(format!(
+                "{service}: {why} {container_path} maps to {}, which does not exist",
+                rel(&p)
+            ));
+            None
+        }
+        None => {
+            problems.push(format!(
+                "{service}: {why} {container_path} is not under any bind mount"
+            ));
+            None
+        }
+    }
+}
+
+/// Container paths named in commands, environment and provisioning files land
+/// on a bind-mounted repository file, so the container finds what the config
+/// promises.
+#[test]
+fn container_paths_in_configs_resolve_through_mounts() {
+    let compose = compose();
+    let services = compose_services(&compose);
+    let mut problems = Vec::new();
+    // Config files given on the command line.
+    for (service, flag) in [
+        ("prometheus", "config.file"),
+        ("alertmanager", "config.file"),
+        ("loki", "config.file"),
+        ("jaeger", "config"),
+    ] {
+        if let Some(svc) = services.get(service) {
+            if let Some(path) = flag_value(&command_args(svc), flag) {
+                let path = path.trim_start_matches("file:").to_owned();
+                expect_mounted(
+                    &services,
+                    &mut problems,
+                    service,
+                    &path,
+                    &format!("--{flag}"),
+                    false,
+                );
+            }
+        }
+    }
+    // The Alertmanager entrypoint script and the template it renders.
+    if let Some(am) = services.get("alertmanager") {
+        for arg in yaml_strings(&am["entrypoint"]) {
+            if arg.starts_with('/') && arg.ends_with(".sh") {
+                expect_mounted(
+                    &services,
+                    &mut problems,
+                    "alertmanager",
+                    &arg,
+                    "entrypoint script",
+                    false,
+                );
+            }
+        }
+        expect_mounted(
+            &services,
+            &mut problems,
+            "alertmanager",
+            "/etc/alertmanager/alertmanager.yml",
+            "entrypoint.sh's default template",
+            false,
+        );
+    }
+    // Prometheus rule files.
+    let rule_files = prometheus_rule_files();
+    let shipped: Vec<_> = files_in("prometheus/rules", &["yml", "yaml"]);
+    if rule_files != shipped {
+        problems.push(format!(
+            "prometheus.yml's rule_files load {:?} in the container, but prometheus/rules holds {:?}",
+            rule_files.iter().map(|p| rel(p)).collect::<Vec<_>>(),
+            shipped.iter().map(|p| rel(p)).collect::<Vec<_>>()
+        ));
+    }
+    // Grafana: provisioning directory, dashboard provider path, home dashboard.
+    if let Some(grafana) = services.get("grafana") {
+        let env = environment(grafana);
+        let provisioning = env
+            .get("GF_PATHS_PROVISIONING")
+            .cloned()
+            .unwrap_or_else(|| "/etc/grafana/provisioning".to_owned());
+        for sub in ["datasources", "dashboards"] {
+            let container = format!("{provisioning}/{sub}");
+            if let Some(host) = expect_mounted(
+                &services,
+                &mut problems,
+                "grafana",
+                &container,
+                "provisioning directory",
+                true,
+            ) {
+                if host != repo().join("grafana/provisioning").join(sub) {
+                    problems.push(format!(
+                        "grafana: {container} is {}, not grafana/provisioning/{sub}",
+                        rel(&host)
+                    ));
+                }
+            }
+        }
+        for provider_file in files_in("grafana/provisioning/dashboards", &["yml", "yaml"]) {
+            let doc = yaml_file(&provider_file);
+            for p in doc["providers"].as_sequence().into_iter().flatten() {
+                let Some(path) = yaml_str(&p["options"]["path"]) else {
+                    problems.push(format!(
+                        "{}: provider without options.path",
+                        rel(&provider_file)
+                    ));
+                    continue;
+                };
+                if let Some(host) = expect_mounted(
+                    &services,
+                    &mut problems,
+                    "grafana",
+                    &path,
+                    "dashboard provider path",
+                    true,
+                ) {
+                    if host != repo().join("grafana/dashboards") {
+                        problems.push(format!(
+                            "grafana: dashboard provider path {path} is {}, not grafana/dashboards",
+                            rel(&host)
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(home) = env.get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH") {
+            expect_mounted(
+                &services,
+                &mut problems,
+                "grafana",
+                home,
+                "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH",
+                false,
+            );
+        }
+    }
+    // pipelens: the fault file it watches.
+    if let Some(p) = services.get("pipelens") {
+        if let Some(file) = environment(p).get("PIPELENS_FAULTS_FILE") {
+            if let Some(host) = expect_mounted(
+                &services,
+                &mut problems,
+                "pipelens",
+                file,
+                "PIPELENS_FAULTS_FILE",
+                false,
+            ) {
+                let text = std::fs::read_to_string(&host).unwrap();
+                match Faults::new(None, Some(&host)) {
+                    Err(e) => problems.push(format!(
+                        "{}: not a valid fault file ({e}): {text}",
+                        rel(&host)
+                    )),
+                    Ok(f) if !f.snapshot().is_empty() => problems.push(format!(
+                        "{}: the shipped fault file turns faults on by default: {text}",
+                        rel(&host)
+                    )),
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+    assert_no_problems("container paths do not resolve", &problems);
+}
+
+#[test]
+fn compose_services_follow_the_stack_policy() {
+    let text = read("docker-compose.yml");
+    let compose = compose();
+    let services = compose_services(&compose);
+    let mut problems = Vec::new();
+    for (name, s) in &services {
+        let hc = &s["healthcheck"];
+        if hc.is_null()
+            || hc["disable"].as_bool() == Some(true)
+            || yaml_strings(&hc["test"]).is_empty()
+        {
+            problems.push(format!("{name}: no healthcheck"));
+        }
+        if s["mem_limit"].is_null() && s["deploy"]["resources"]["limits"]["memory"].is_null() {
+            problems.push(format!("{name}: no memory limit"));
+        }
+        let logging = &s["logging"];
+        let driver = yaml_str(&logging["driver"]).unwrap_or_else(|| "json-file".to_owned());
+        if !(driver == "local"
+            || (driver == "json-file" && !logging["options"]["max-size"].is_null()))
+        {
+            problems.push(format!(
+                "{name}: no log rotation (logging driver json-file with max-size, or local)"
+            ));
+        }
+        if s["build"].is_null() {
+            let image = yaml_str(&s["image"]).unwrap_or_default();
+            let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or_default();
+            if !image.contains('@') && (tag.is_empty() || tag.contains('/') || tag == "latest") {
+                problems.push(format!(
+                    "{name}: image {image:?} is not pinned to a version tag"
+                ));
+            }
+        }
+        for p in s["ports"].as_sequence().into_iter().flatten() {
+            let bound = match p {
+                Yaml::Mapping(_) => yaml_str(&p["host_ip"]).unwrap_or_default() == "127.0.0.1",
+                other => {
+                    let spec = yaml_str(other).unwrap_or_default();
+                    spec.starts_with("127.0.0.1:") && spec.split(':').count() == 3
+                }
+            };
+            if !bound {
+                problems.push(format!(
+                    "{name}: published port {p:?} is not bound to 127.0.0.1"
+                ));
+            }
+        }
+        match &s["depends_on"] {
+            Yaml::Null => {}
+            Yaml::Mapping(deps) => {
+                for (dep, cond) in deps {
+                    let dep = yaml_str(dep).unwrap_or_default();
+                    if yaml_str(&cond["condition"]).as_deref() != Some("service_healthy") {
+                        problems.push(format!("{name}: depends_on {dep} does not wait for service_healthy"));
+                    }
+                    if !services.contains_key(&dep) {
+                        problems.push(format!("{name}: depends_on unknown service {dep}"));
+                    }
+                }
+            }
+            other => problems.push(format!(
+                "{name}: depends_on {other:?} is a list; use the mapping form with condition: service_healthy"
+            )),
+        }
+    }
+    // Grafana: no admin/admin, anonymous access read-only.
+    if let Some(g) = services.get("grafana") {
+        let env = environment(g);
+        let password = env
+            .get("GF_SECURITY_ADMIN_PASSWORD")
+            .cloned()
+            .unwrap_or_default();
+        let default = password
+            .split_once(":-")
+            .map(|(_, d)| d.trim_end_matches('}').to_owned())
+            .unwrap_or_else(|| password.clone());
+        if password.is_empty()
+            || default == "admin"
+            || (!password.contains('$') && !password.is_empty())
+        {
+            problems.push(format!(
+                "grafana: GF_SECURITY_ADMIN_PASSWORD is {password:?}: it must come from .env with no admin default"
+            ));
+        }
+        if env.get("GF_AUTH_ANONYMOUS_ENABLED").map(String::as_str) == Some("true")
+            && env.get("GF_AUTH_ANONYMOUS_ORG_ROLE").map(String::as_str) != Some("Viewer")
+        {
+            problems.push("grafana: anonymous access is enabled but not as Viewer".to_owned());
+        }
+    }
+    // Every variable compose reads is documented in .env.example.
+    let example = read(".env.example");
+    let documented: BTreeSet<&str> = example
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+        .collect();
+    let mut used = BTreeSet::new();
+    let bytes = text.as_bytes();
+    for (i, _) in text.match_indices("${") {
+        if i > 0 && bytes[i - 1] == b'$' {
+            continue; // `$${...}` is an escaped literal for the container's shell.
+        }
+        let rest = &text[i + 2..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        used.insert(rest[..end].to_owned());
+    }
+    for var in &used {
+        if !documented.contains(var.as_str()) {
+            problems.push(format!(
+                "${{{var}}} is read by docker-compose.yml but not documented in .env.example"
+            ));
+        }
+    }
+    assert_no_problems("docker-compose.yml breaks the stack policy", &problems);
+}
+
+// ------------------------------------------------------------------- ports
+
+/// Well-known ports of the stack's images, used when neither the compose
+/// file nor the image's mounted config sets another:
+/// Prometheus `--web.listen-address` (:9090), Alertmanager
+/// `--web.listen-address` (:9093), Grafana `GF_SERVER_HTTP_PORT` (3000), Loki
+/// `server.http_listen_port` (3100), Jaeger v2 internal telemetry
+/// `service.telemetry.metrics` (8888, the OpenTelemetry Collector default).
+const WELL_KNOWN_PORTS: &[(&str, u16)] = &[
+    ("prom/prometheus", 9090),
+    ("prom/alertmanager", 9093),
+    ("grafana/grafana", 3000),
+    ("grafana/loki", 3100),
+    ("jaegertracing/jaeger", 8888),
+];
+
+/// `host:port`-looking strings and `port`-like keys anywhere in a config.
+fn configured_listen_ports(value: &Yaml, out: &mut BTreeMap<u16, String>, file: &str) {
+    match value {
+        Yaml::Mapping(m) => {
+            for (k, v) in m {
+                let key = yaml_str(k).unwrap_or_default();
+                if key == "endpoint" || key == "address" || key.ends_with("listen_address") {
+                    if let Some(p) = yaml_str(v).as_deref().and_then(port_of) {
+                        out.insert(p, format!("{key} in {file}"));
+                    }
+                }
+                if key.ends_with("listen_port") {
+                    if let Some(p) = v.as_u64() {
+                        out.insert(p as u16, format!("{key} in {file}"));
+                    }
+                }
+                configured_listen_ports(v, out, file);
+            }
+        }
+        Yaml::Sequence(items) => {
+            for i in items {
+                configured_listen_ports(i, out, file);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The ports a compose service listens on inside the network, each with
+/// where that is known from.
+fn listening_ports(service: &Yaml) -> BTreeMap<u16, String> {
+    let mut ports = BTreeMap::new();
+    for p in service["ports"].as_sequence().into_iter().flatten() {
+        let container = match p {
+            Yaml::Mapping(_) => yaml_str(&p["target"]),
+            other => yaml_str(other).and_then(|s| s.rsplit(':').next().map(str::to_owned)),
+        };
+        if let Some(port) = container.and_then(|c| c.split('/').next().and_then(|c| c.parse().ok()))
+        {
+            ports.insert(port, "compose ports".to_owned());
+        }
+    }
+    for e in service["expose"].as_sequence().into_iter().flatten() {
+        if let Some(port) =
+            yaml_str(e).and_then(|e| e.split('/').next().and_then(|p| p.parse().ok()))
+        {
+            ports.insert(port, "compose expose".to_owned());
+        }
+    }
+    let args = command_args(service);
+    let env = environment(service);
+    let image = image_repository(&yaml_str(&service["image"]).unwrap_or_default());
+    let config = ["config.file", "config"]
+        .iter()
+        .find_map(|f| flag_value(&args, f))
+        .map(|p| p.trim_start_matches("file:").to_owned())
+        .and_then(|p| host_path(service, &p))
+        .filter(|p| p.is_file());
+    let config_doc = config.as_ref().map(yaml_file);
+    let config_name = config.as_ref().map(|p| rel(p)).unwrap_or_default();
+    let default = WELL_KNOWN_PORTS
+        .iter()
+        .find(|(i, _)| *i == image)
+        .map(|(_, p)| *p);
+    match image.as_str() {
+        "prom/prometheus" | "prom/alertmanager" => {
+            match flag_value(&args, "web.listen-address")
+                .as_deref()
+                .and_then(port_of)
+            {
+                Some(p) => ports.insert(p, "--web.listen-address".to_owned()),
+                None => ports.insert(default.unwrap(), format!("{image} default")),
+            };
+        }
+        "grafana/grafana" => {
+            match env.get("GF_SERVER_HTTP_PORT").and_then(|p| p.parse().ok()) {
+                Some(p) => ports.insert(p, "GF_SERVER_HTTP_PORT".to_owned()),
+                None => ports.insert(default.unwrap(), format!("{image} default")),
+            };
+        }
+        "grafana/loki" => {
+            let configured = config_doc
+                .as_ref()
+                .and_then(|d| d["server"]["http_listen_port"].as_u64());
+            match configured {
+                Some(p) => ports.insert(
+                    p as u16,
+                    format!("server.http_listen_port in {config_name}"),
+                ),
+                None => ports.insert(default.unwrap(), format!("{image} default")),
+            };
+        }
+        "jaegertracing/jaeger" => {
+            // The metrics endpoint: service.telemetry.metrics, either the
+            // readers form or the older `address: host:port`.
+            let metrics = config_doc
+                .as_ref()
+                .map(|d| &d["service"]["telemetry"]["metrics"]);
+            let from_readers = metrics.and_then(|m| {
+                m["readers"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .find_map(|r| r["pull"]["exporter"]["prometheus"]["port"].as_u64())
+            });
+            let from_address = metrics
+                .and_then(|m| yaml_str(&m["address"]))
+                .as_deref()
+                .and_then(port_of);
+            match from_readers.map(|p| p as u16).or(from_address) {
+                Some(p) => ports.insert(p, format!("service.telemetry.metrics in {config_name}")),
+                None => ports.insert(
+                    default.unwrap(),
+                    format!("{image} default (internal telemetry)"),
+                ),
+            };
+        }
+        _ => {}
+    }
+    // Other listeners the mounted config declares (receivers, extensions...).
+    if let Some(doc) = &config_doc {
+        let mut more = BTreeMap::new();
+        configured_listen_ports(doc, &mut more, &config_name);
+        for (p, why) in more {
+            ports.entry(p).or_insert(why);
+        }
+    }
+    // The pipelens image serves on PIPELENS_ADDR / --addr (default :8000)
+    // when its command is `serve` (the image's CMD, when none is given).
+    if !service["build"].is_null() && args.first().is_none_or(|c| c == "serve") {
+        let addr = flag_value(&args, "addr").or_else(|| env.get("PIPELENS_ADDR").cloned());
+        match addr.as_deref().and_then(port_of) {
+            Some(p) => ports.insert(p, "PIPELENS_ADDR / --addr".to_owned()),
+            None => ports.insert(8000, "pipelens serve default".to_owned()),
+        };
+    }
+    ports
+}
+
+/// A problem if `addr` (`host:port` or a URL) does not name a compose service
+/// on a port it listens on. Hosts that are not compose services are a problem
+/// only when `must_be_service`.
+fn check_address(
+    ports: &BTreeMap<String, BTreeMap<u16, String>>,
+    what: &str,
+    addr: &str,
+    must_be_service: bool,
+) -> Option<String> {
+    let without_scheme = addr.split_once("://").map_or(addr, |(_, r)| r);
+    let authority = without_scheme.split('/').next().unwrap_or_default();
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().ok()),
+        None => (
+            authority,
+            match addr.split_once("://").map(|(s, _)| s) {
+                Some("https") => Some(443),
+                Some("http") => Some(80),
+                _ => None,
+            },
+        ),
+    };
+    let Some(listening) = ports.get(host) else {
+        return must_be_service
+            .then(|| format!("{what}: {addr}: {host:?} is not a compose service"));
+    };
+    match port {
+        Some(p) if listening.contains_key(&p) => None,
+        _ => Some(format!(
+            "{what}: {addr}: {host} does not listen on that port; it listens on {listening:?}"
+        )),
+    }
+}
+
+/// Every `host:port` a scrape or alerting target, Grafana data source or
+/// compose service URL names is a compose service and a port it listens on;
+/// every loopback healthcheck probes a port its own service listens on.
+#[test]
+fn every_target_and_url_names_a_compose_service_on_a_port_it_listens_on() {
+    let compose = compose();
+    let services = compose_services(&compose);
+    let ports: BTreeMap<String, BTreeMap<u16, String>> = services
+        .iter()
+        .map(|(n, s)| (n.clone(), listening_ports(s)))
+        .collect();
+    let mut problems = Vec::new();
+    let check = |problems: &mut Vec<String>, what: &str, addr: &str, must_be_service: bool| {
+        if let Some(p) = check_address(&ports, what, addr, must_be_service) {
+            problems.push(p);
+        }
+    };
+    let prometheus = yaml_file("prometheus/prometheus.yml");
+    let mut scrape_targets = 0;
+    for job in prometheus["scrape_configs"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+    {
+        let job_name = yaml_str(&job["job_name"]).unwrap_or_default();
+        for sc in job["static_configs"].as_sequence().into_iter().flatten() {
+            for t in yaml_strings(&sc["targets"]) {
+                scrape_targets += 1;
+                check(
+                    &mut problems,
+                    &format!("prometheus.yml scrape job {job_name}"),
+                    &t,
+                    true,
+                );
+            }
+        }
+    }
+    assert!(
+        scrape_targets > 0,
+        "prometheus.yml has no static scrape target"
+    );
+    for am in prometheus["alerting"]["alertmanagers"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+    {
+        for sc in am["static_configs"].as_sequence().into_iter().flatten() {
+            for t in yaml_strings(&sc["targets"]) {
+                check(&mut problems, "prometheus.yml alerting", &t, true);
+            }
+        }
+    }
+    for ds in files_in("grafana/provisioning/datasources", &["yml", "yaml"]) {
+        let doc = yaml_file(&ds);
+        for d in doc["datasources"].as_sequence().into_iter().flatten() {
+            if let Some(url) = yaml_str(&d["url"]) {
+                check(
+                    &mut problems,
+                    &format!(
+                        "{} datasource {}",
+                        rel(&ds),
+                        yaml_str(&d["name"]).unwrap_or_default()
+                    ),
+                    &url,
+                    true,
+                );
+            }
+        }
+    }
+    for (name, s) in &services {
+        let mut urls: Vec<String> = environment(s).into_values().collect();
+        urls.extend(command_args(s));
+        for u in urls.iter().filter(|u| u.contains("://")) {
+            check(&mut problems, &format!("compose service {name}"), u, false);
+        }
+        // Healthchecks: a loopback URL must be one of the service's own ports.
+        for arg in yaml_strings(&s["healthcheck"]["test"]) {
+            let Some(rest) = arg.split_once("://").map(|(_, r)| r) else {
+                continue;
+            };
+            let authority = rest.split('/').next().unwrap_or_default();
+            let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "80"));
+            if host == "127.0.0.1" || host == "localhost" {
+                let port: u16 = port.parse().unwrap_or(0);
+                if !ports[name].contains_key(&port) {
+                    problems.push(format!(
+                        "{name}: healthcheck probes {arg}, but {name} listens on {:?}",
+                        ports[name]
+                    ));
+                }
+            } else {
+                check(&mut problems, &format!("{name} healthcheck"), &arg, true);
+            }
+        }
+    }
+    assert_no_problems(
+        "targets and URLs do not match the compose services",
+        &problems,
+    );
+}
+
+// ----------------------------------------------------------------- metrics
+
+/// Series that Prometheus itself writes for every target or rule, whatever
+/// the job: always known.
+const PROMETHEUS_SYNTHETIC_METRICS: &[&str] = &[
+    "up",
+    "scrape_duration_seconds",
+    "scrape_samples_scraped",
+    "scrape_samples_post_metric_relabeling",
+    "scrape_series_added",
+    "ALERTS",
+    "ALERTS_FOR_STATE",
+];
+
+/// Metric name prefixes of the stack's other components (Prometheus,
+/// Alertmanager, Loki, Grafana, Jaeger / the OpenTelemetry Collector, Go
+/// runtimes). A selector restricted to the pipelens job never counts as one
+/// of these: the service must export it.
+const KNOWN_EXTERNAL_PREFIXES: &[&str] = &[
+    "prometheus_",
+    "alertmanager_",
+    "loki_",
+    "grafana_",
+    "otelcol_",
+    "jaeger_",
+    "go_",
+    "process_",
+    "promhttp_",
+    "net_conntrack_",
+];
+
+/// The sample names on the in-process service's /metrics after real runs:
+/// good and bad rooms, and one candidate model always failing so that the
+/// error series exist. Histograms appear as their `_bucket`, `_sum` and
+/// `_count` series, which is what PromQL must name (a bare histogram family
+/// name selects nothing).
+async fn live_sample_names() -> BTreeSet<String> {
+    let (registry, provider) = metrics_provider(
+        opentelemetry_sdk::Resource::builder()
+            .with_service_name("pipelens-test")
+            .build(),
+    )
+    .unwrap();
+    let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "test");
+    let faults = Faults::new(Some(r#"{"light_dense": {"error_rate": 1.0}}"#), None).unwrap();
+    let addr = start(&meter, registry, faults, 3).await;
+    for (w, l) in [
+        (12, 8),
+        (4, 4),
+        (40, 30),
+        (3, 40),
+        (20, 20),
+        (8, 12),
+        (15, 9),
+    ] {
+        let reply = post_room(addr, &format!(r#"{{"width": {w}, "length": {l}}}"#), &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    let bad = post_room(addr, r#"{"width": "x"}"#, &[]).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let reply = send(addr, Method::GET, "/metrics", "", &[]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    reply
+        .body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
+        .collect()
+}
+
+/// Whether a selector's matchers restrict it to `job` (`job="x"` or a
+/// `job=~` regex naming it).
+fn selects_job(matchers: &str, job: &str) -> bool {
+    matchers.split(',').any(|m| {
+        let m: String = m.chars().filter(|c| !c.is_whitespace()).collect();
+        m == format!("job=\"{job}\"") || (m.starts_with("job=~") && m.contains(job))
+    })
+}
+
+/// The scrape job of the pipelens service in prometheus.yml.
+fn pipelens_job() -> String {
+    let prometheus = yaml_file("prometheus/prometheus.yml");
+    prometheus["scrape_configs"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|j| {
+            j["static_configs"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .any(|sc| {
+                    yaml_strings(&sc["targets"])
+                        .iter()
+                        .any(|t| t.starts_with("pipelens:"))
+                })
+        })
+        .and_then(|j| yaml_str(&j["job_name"]))
+        .expect("prometheus.yml scrapes no pipelens:<port> target")
+}
+
+#[tokio::test]
+async fn every_metric_in_rules_and_dashboards_is_exported_or_known() {
+    let exported = live_sample_names().await;
+    let all_rules = rules();
+    let recorded: BTreeSet<String> = all_rules.iter().filter_map(|r| r.record.clone()).collect();
+    let job = pipelens_job();
+
+    // (where, PromQL)
+    let mut queries: Vec<(String, String)> = all_rules
+        .iter()
+        .map(|r| {
+            let name = r
+                .alert
+                .clone()
+                .or_else(|| r.record.clone())
+                .unwrap_or_default();
+            (format!("{} rule {name}", r.file), r.expr.clone())
+        })
+        .collect();
+    let provisioned = provisioned_datasources();
+    let dashboard_queries = dashboard_queries(&provisioned);
+    let mut prometheus_queries = 0;
+    for q in &dashboard_queries {
+        if let Some(expr) = q.promql() {
+            prometheus_queries += 1;
+            queries.push((q.name(), expr.to_owned()));
+        }
+    }
+    assert!(
+        prometheus_queries > 0,
+        "no dashboard has a Prometheus query"
+    );
+
+    let mut problems = Vec::new();
+    let mut used = BTreeSet::new();
+    for (place, expr) in &queries {
+        let selectors = promql_selectors(expr);
+        if selectors.is_empty() && !expr.contains("vector(") {
+            problems.push(format!("{place}: no metric found in {expr:?}"));
+        }
+        for (name, matchers) in selectors {
+            used.insert(name.clone());
+            if exported.contains(&name) || recorded.contains(&name) {
+                continue;
+            }
+            if PROMETHEUS_SYNTHETIC_METRICS.contains(&name.as_str()) {
+                continue;
+            }
+            if KNOWN_EXTERNAL_PREFIXES.iter().any(|p| name.starts_with(p))
+                && !selects_job(&matchers, &job)
+            {
+                continue;
+            }
+            let hint = ["_bucket", "_sum", "_count", "_total"]
+                .iter()
+                .filter_map(|s| {
+                    let candidate = format!("{name}{s}");
+                    exported.contains(&candidate).then_some(candidate)
+                })
+                .collect::<Vec<_>>();
+            problems.push(format!(
+                "{place}: {name}{} is neither exported by the service, nor recorded by a rule, \
+                 nor a known Prometheus/stack metric{}",
+                if matchers.is_empty() {
+                    String::new()
+                } else {
+                    format!("{{{matchers}}}")
+                },
+                if hint.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (did you mean {hint:?}?)")
+                }
+            ));
+        }
+    }
+    eprintln!(
+        "checked {} rule and dashboard queries; metrics used: {used:?}",
+        queries.len()
+    );
+    assert_no_problems(
+        &format!("unknown metrics (the service exports {exported:?})"),
+        &problems,
+    );
+}
+
+// -------------------------------------------------------------- dashboards
+
+/// Every `"datasource"` value anywhere in a JSON document, with a path.
+fn datasource_values(value: &Json, path: String, out: &mut Vec<(String, Json)>) {
+    match value {
+        Json::Object(o) => {
+            for (k, v) in o {
+                if k == "datasource" {
+                    out.push((format!("{path}.datasource"), v.clone()));
+                } else {
+                    datasource_values(v, format!("{path}.{k}"), out);
+                }
+            }
+        }
+        Json::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                datasource_values(v, format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every value of `key` anywhere in a YAML document.
+fn yaml_values_of(value: &Yaml, key: &str, out: &mut Vec<String>) {
+    match value {
+        Yaml::Mapping(m) => {
+            for (k, v) in m {
+                if yaml_str(k).as_deref() == Some(key) {
+                    out.extend(yaml_str(v));
+                }
+                yaml_values_of(v, key, out);
+            }
+        }
+        Yaml::Sequence(items) => {
+            for i in items {
+                yaml_values_of(i, key, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn dashboards_parse_have_unique_uids_and_use_provisioned_datasources() {
+    let provisioned = provisioned_datasources();
+    let mut problems = Vec::new();
+
+    // The data sources themselves: fixed unique uids, one default, links
+    // between them (derived fields, traces-to-logs) to provisioned uids.
+    assert!(!provisioned.is_empty(), "no datasource is provisioned");
+    let mut uids = BTreeSet::new();
+    for d in &provisioned {
+        if d.uid.is_empty() {
+            problems.push(format!(
+                "{}: datasource {} has no fixed uid",
+                d.file, d.name
+            ));
+        } else if !uids.insert(d.uid.clone()) {
+            problems.push(format!(
+                "{}: datasource uid {} is provisioned twice",
+                d.file, d.uid
+            ));
+        }
+    }
+    let defaults: Vec<_> = provisioned.iter().filter(|d| d.is_default).collect();
+    if defaults.len() != 1 {
+        problems.push(format!(
+            "{} datasources are isDefault (need exactly one)",
+            defaults.len()
+        ));
+    }
+    for kind in ["prometheus", "loki", "jaeger"] {
+        if !provisioned.iter().any(|d| d.kind == kind) {
+            problems.push(format!("no {kind} datasource is provisioned"));
+        }
+    }
+    for file in files_in("grafana/provisioning/datasources", &["yml", "yaml"]) {
+        let mut linked = Vec::new();
+        yaml_values_of(&yaml_file(&file), "datasourceUid", &mut linked);
+        for uid in linked {
+            if !uids.contains(&uid) {
+                problems.push(format!(
+                    "{}: datasourceUid {uid:?} is not provisioned",
+                    rel(&file)
+                ));
+            }
+        }
+    }
+
+    // The dashboards.
+    let dashboards = dashboards();
+    assert!(
+        dashboards.len() >= 4,
+        "expected at least 4 dashboards, found {}",
+        dashboards.len()
+    );
+    let mut dashboard_uids = BTreeMap::new();
+    let mut titles = BTreeMap::new();
+    for (file, dash) in &dashboards {
+        match dash["uid"].as_str() {
+            Some(uid) if !uid.is_empty() => {
+                if let Some(other) = dashboard_uids.insert(uid.to_owned(), file.clone()) {
+                    problems.push(format!(
+                        "dashboard uid {uid:?} is used by {other} and {file}"
+                    ));
+                }
+            }
+            _ => problems.push(format!("{file}: no uid")),
+        }
+        if let Some(title) = dash["title"].as_str() {
+            if let Some(other) = titles.insert(title.to_owned(), file.clone()) {
+                problems.push(format!(
+                    "dashboard title {title:?} is used by {other} and {file}"
+                ));
+            }
+        }
+        let mut values = Vec::new();
+        datasource_values(dash, String::new(), &mut values);
+        for (path, value) in values {
+            if let Err(e) = resolve_datasource(&value, dash, &provisioned) {
+                problems.push(format!("{file}{path}: {e}"));
+            }
+        }
+        let panel_count = panels(dash).iter().filter(|p| p["type"] != "row").count();
+        if panel_count == 0 {
+            problems.push(format!("{file}: no panel"));
+        }
+    }
+    for q in dashboard_queries(&provisioned) {
+        if let Err(e) = &q.datasource {
+            problems.push(format!("{}: {e}", q.name()));
+        }
+        if let Ok(Some(ds)) = &q.datasource {
+            if (ds.kind == "prometheus" || ds.kind == "loki")
+                && q.expr.as_deref().is_none_or(|e| e.trim().is_empty())
+            {
+                problems.push(format!("{}: empty {} query", q.name(), ds.kind));
+            }
+        }
+    }
+    assert_no_problems("dashboards and datasources disagree", &problems);
+}
+
+// ------------------------------------------------------------------ alerts
+
+/// The alerts the stack must have (issue: "at least ...").
+const REQUIRED_ALERTS: &[&str] = &[
+    "ServiceDown",
+    "HighErrorRate",
+    "HighLatencyP95",
+    "ModelExecutionFailures",
+    "LowModelConfidence",
+    "ModelNotLoaded",
+    "PipelineStalled",
+    "TargetDown",
+];
+
+#[test]
+fn alerts_have_severity_annotations_runbooks_in_the_readme_and_dashboard_links() {
+    let readme = read("README.md");
+    let anchors = markdown_anchors(&readme);
+    let dashboard_uids: BTreeSet<String> = dashboards()
+        .iter()
+        .filter_map(|(_, d)| d["uid"].as_str().map(str::to_owned))
+        .collect();
+    let alerts: Vec<Rule> = rules().into_iter().filter(|r| r.alert.is_some()).collect();
+    let names: BTreeSet<String> = alerts.iter().filter_map(|r| r.alert.clone()).collect();
+    let mut problems = Vec::new();
+    let mut missing_anchors = Vec::new();
+    for required in REQUIRED_ALERTS {
+        if !names.contains(*required) {
+            problems.push(format!("no alert named {required}"));
+        }
+    }
+    for r in &alerts {
+        let name = r.alert.as_deref().unwrap();
+        let here = format!("{} alert {name}", r.file);
+        match r.labels.get("severity").map(String::as_str) {
+            Some("critical" | "warning") => {}
+            other => problems.push(format!(
+                "{here}: labels.severity is {other:?}, not critical or warning"
+            )),
+        }
+        for a in ["summary", "description", "runbook_url"] {
+            if r.annotations.get(a).is_none_or(|v| v.trim().is_empty()) {
+                problems.push(format!("{here}: no annotations.{a}"));
+            }
+        }
+        if let Some(url) = r.annotations.get("runbook_url") {
+            match url.split_once('#') {
+                Some((page, anchor)) if page.ends_with("README.md") => {
+                    if !anchors.contains(anchor) {
+                        missing_anchors.push(anchor.to_owned());
+                        problems.push(format!(
+                            "{here}: runbook_url anchor #{anchor} is not a README.md heading"
+                        ));
+                    }
+                }
+                _ => problems.push(format!(
+                    "{here}: runbook_url {url:?} is not a README.md#<section> link"
+                )),
+            }
+        }
+        let links: Vec<&str> = r
+            .annotations
+            .values()
+            .filter_map(|v| v.split_once("/d/").map(|(_, rest)| rest))
+            .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or_default())
+            .collect();
+        if links.is_empty() {
+            problems.push(format!(
+                "{here}: no dashboard link (an annotation with a Grafana /d/<uid> URL)"
+            ));
+        }
+        for uid in links {
+            if !dashboard_uids.contains(uid) {
+                problems.push(format!(
+                    "{here}: links to dashboard uid {uid:?}, which no dashboard has"
+                ));
+            }
+        }
+    }
+    if !missing_anchors.is_empty() {
+        eprintln!("README headings missing for anchors: {missing_anchors:?}");
+    }
+    assert_no_problems("alert rules are incomplete", &problems);
+}
+
+/// Every alert has a `promtool test rules` case where it fires and one where
+/// it must not (an empty `exp_alerts`).
+#[test]
+fn every_alert_has_a_firing_and_a_silent_rule_unit_test() {
+    let mut firing: BTreeMap<String, usize> = BTreeMap::new();
+    let mut silent: BTreeMap<String, usize> = BTreeMap::new();
+    for file in files_in("prometheus/tests", &["yml", "yaml"]) {
+        let doc = yaml_file(&file);
+        for t in doc["tests"].as_sequence().into_iter().flatten() {
+            for case in t["alert_rule_test"].as_sequence().into_iter().flatten() {
+                let name = yaml_str(&case["alertname"]).unwrap_or_default();
+                let fires = case["exp_alerts"]
+                    .as_sequence()
+                    .is_some_and(|a| !a.is_empty());
+                *if fires { &mut firing } else { &mut silent }
+                    .entry(name)
+                    .or_default() += 1;
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for r in rules() {
+        let Some(name) = r.alert else { continue };
+        if !firing.contains_key(&name) {
+            problems.push(format!("{name}: no promtool test case where it fires"));
+        }
+        if !silent.contains_key(&name) {
+            problems.push(format!(
+                "{name}: no promtool test case where it must not fire"
+            ));
+        }
+    }
+    assert_no_problems("prometheus/tests does not cover every alert", &problems);
+}
+
+// ------------------------------------------------------------------- tools
+
+#[test]
+fn promtool_checks_the_config_and_the_rules() {
+    let promtool = require_tool(&["promtool"]);
+    let dir = tempfile::tempdir().unwrap();
+
+    // The shipped config, with rule_files pointing at the files the
+    // container would load (resolved through the compose mounts), so the
+    // check does not depend on where the file sits.
+    let mut config = yaml_file("prometheus/prometheus.yml");
+    let rule_files = prometheus_rule_files();
+    config["rule_files"] = Yaml::Sequence(
+        rule_files
+            .iter()
+            .map(|p| Yaml::String(p.display().to_string()))
+            .collect(),
+    );
+    let copy = dir.path().join("prometheus.yml");
+    std::fs::write(&copy, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
+    let (ok, out) = run(Command::new(&promtool)
+        .arg("check")
+        .arg("config")
+        .arg(&copy));
+    assert!(
+        ok,
+        "promtool check config prometheus/prometheus.yml failed:\n{out}"
+    );
+    assert!(
+        out.contains(&format!("{} rule files found", rule_files.len())),
+        "promtool did not load the {} rule files:\n{out}",
+        rule_files.len()
+    );
+
+    // The shipped file in place too (rule_files relative to it).
+    let (ok, out) = run(Command::new(&promtool).current_dir(repo()).args([
+        "check",
+        "config",
+        "prometheus/prometheus.yml",
+    ]));
+    assert!(
+        ok,
+        "promtool check config on the shipped file in place failed:\n{out}"
+    );
+
+    let shipped = files_in("prometheus/rules", &["yml", "yaml"]);
+    assert!(!shipped.is_empty(), "prometheus/rules holds no rule file");
+    let (ok, out) = run(Command::new(&promtool)
+        .args(["check", "rules"])
+        .args(&shipped));
+    assert!(ok, "promtool check rules failed:\n{out}");
+}
+
+#[test]
+fn promtool_rule_unit_tests_pass() {
+    let promtool = require_tool(&["promtool"]);
+    let tests: Vec<String> = files_in("prometheus/tests", &["yml", "yaml"])
+        .iter()
+        .map(|p| rel(p))
+        .collect();
+    assert!(
+        !tests.is_empty(),
+        "prometheus/tests holds no promtool test file"
+    );
+    let (ok, out) = run(Command::new(&promtool)
+        .current_dir(repo())
+        .args(["test", "rules"])
+        .args(&tests));
+    assert!(ok, "promtool test rules {} failed:\n{out}", tests.join(" "));
+    assert_eq!(
+        out.matches("SUCCESS").count(),
+        tests.len(),
+        "not every test file passed:\n{out}"
+    );
+}
+
+/// The shipped alertmanager.yml passes amtool as it is, and so does the copy
+/// that deploy/alertmanager/entrypoint.sh renders in the container, both
+/// with the webhook URLs set (they land in the right receivers, characters
+/// special to sed included) and unset (the file is unchanged).
+#[test]
+fn amtool_checks_the_shipped_and_the_rendered_alertmanager_config() {
+    let amtool = require_tool(&["amtool"]);
+    let shipped = repo().join("deploy/alertmanager/alertmanager.yml");
+    let (ok, out) = run(Command::new(&amtool).arg("check-config").arg(&shipped));
+    assert!(
+        ok,
+        "amtool check-config deploy/alertmanager/alertmanager.yml failed:\n{out}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let render = |name: &str, critical: Option<&str>, warning: Option<&str>| {
+        let rendered = dir.path().join(name);
+        let mut cmd = Command::new("sh");
+        cmd.arg(repo().join("deploy/alertmanager/entrypoint.sh"))
+            .arg("--ignored-by-true")
+            .env("ALERTMANAGER_CONFIG_TEMPLATE", &shipped)
+            .env("ALERTMANAGER_RENDERED_CONFIG", &rendered)
+            .env("ALERTMANAGER_BIN", "true")
+            .env_remove("ALERTMANAGER_CRITICAL_WEBHOOK_URL")
+            .env_remove("ALERTMANAGER_WARNING_WEBHOOK_URL");
+        if let Some(url) = critical {
+            cmd.env("ALERTMANAGER_CRITICAL_WEBHOOK_URL", url);
+        }
+        if let Some(url) = warning {
+            cmd.env("ALERTMANAGER_WARNING_WEBHOOK_URL", url);
+        }
+        let (ok, out) = run(&mut cmd);
+        assert!(ok, "deploy/alertmanager/entrypoint.sh failed:\n{out}");
+        let (ok, out) = run(Command::new(&amtool).arg("check-config").arg(&rendered));
+        assert!(
+            ok,
+            "amtool check-config on the rendered {name} failed:\n{out}"
+        );
+        rendered
+    };
+
+    let unset = render("unset.yml", None, None);
+    assert_eq!(
+        std::fs::read_to_string(&unset).unwrap(),
+        read(&shipped),
+        "with no webhook URL set the rendered config should be the shipped one"
+    );
+
+    let critical = "https://hooks.example.com/critical?a=1&b=x|y";
+    let warning = "http://warning-bridge:8080/hook";
+    let set = render("set.yml", Some(critical), Some(warning));
+    let doc: Yaml = serde_yaml_ng::from_str(&std::fs::read_to_string(&set).unwrap()).unwrap();
+    let url_of = |receiver: &str| -> Vec<String> {
+        doc["receivers"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter(|r| yaml_str(&r["name"]).as_deref() == Some(receiver))
+            .flat_map(|r| {
+                r["webhook_configs"]
+                    .as_sequence()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter_map(|w| yaml_str(&w["url"]))
+            .collect()
+    };
+    assert_eq!(
+        url_of("critical"),
+        vec![critical.to_owned()],
+        "critical receiver"
+    );
+    assert_eq!(
+        url_of("warning"),
+        vec![warning.to_owned()],
+        "warning receiver"
+    );
+
+    // Routing by severity: critical -> critical, warning -> warning.
+    let routes = doc["route"]["routes"]
+        .as_sequence()
+        .cloned()
+        .unwrap_or_default();
+    for severity in ["critical", "warning"] {
+        let receiver = routes
+            .iter()
+            .find(|r| {
+                yaml_strings(&r["matchers"])
+                    .iter()
+                    .any(|m| m.replace([' ', '\''], "") == format!("severity=\"{severity}\""))
+            })
+            .and_then(|r| yaml_str(&r["receiver"]))
+            .or_else(|| {
+                (severity == "warning")
+                    .then(|| yaml_str(&doc["route"]["receiver"]))
+                    .flatten()
+            });
+        assert_eq!(
+            receiver.as_deref(),
+            Some(severity),
+            "severity={severity} route"
+        );
+    }
+}
+
+// -------------------------------------------------- the helpers themselves
+
+#[test]
+fn promql_metric_extraction_skips_functions_labels_strings_and_durations() {
+    let names = |e: &str| promql_metric_names(e).into_iter().collect::<Vec<_>>();
+    assert_eq!(
+        names(
+            r#"sum by (job, instance, le) (rate(http_server_request_duration_seconds_bucket{job="pipelens", le="0.5"}[5m] offset 1m))
+               / on (job) group_left (stage) sum without (le) (rate(ml_model_confidence_count[$__rate_interval]))
+               # a comment with a_fake_metric
+               or on() label_replace(vector(0), "error_type", "none", "", "") > bool 0.95e-3
+               and pipelens:model_errors:rate5m unless count(ALERTS{alertstate="firing"})"#
+        ),
+        vec![
+            "ALERTS",
+            "http_server_request_duration_seconds_bucket",
+            "ml_model_confidence_count",
+            "pipelens:model_errors:rate5m",
+        ]
+    );
+    assert_eq!(
+        names("histogram_quantile(0.9, sum(rate(x_bucket[1m])) by (le))"),
+        vec!["x_bucket"]
+    );
+    assert_eq!(names("max_over_time(up[5m:30s]) == Inf"), vec!["up"]);
+    assert_eq!(
+        promql_selectors(r#"up{job="pipelens"} == 0"#),
+        vec![("up".to_owned(), r#"job="pipelens""#.to_owned())]
+    );
+}
+
+#[test]
+fn grafana_variables_and_github_anchors_are_handled() {
+    assert_eq!(
+        grafana_substitute(
+            r#"rate(x{model_name="$model", stage=~"${stage:regex}"}[$__rate_interval])"#
+        ),
+        r#"rate(x{model_name=~".*", stage=~".*"}[1m])"#
+    );
+    assert_eq!(github_anchor("Alert: ServiceDown"), "alert-servicedown");
+    assert_eq!(
+        github_anchor("Run the stack (Docker)"),
+        "run-the-stack-docker"
+    );
+    let anchors = markdown_anchors("# A\n```sh\n# not a heading\n```\n## A\n### Alert: X_y\n");
+    assert_eq!(
+        anchors.into_iter().collect::<Vec<_>>(),
+        vec!["a", "a-1", "alert-x_y"]
+    );
+    assert_eq!(
+        image_repository("docker.io/prom/prometheus:v3.1.0"),
+        "prom/prometheus"
+    );
+    assert_eq!(image_repository("grafana/loki:3.4.2"), "grafana/loki");
+    assert_eq!(port_of("http://loki:3100/otlp/v1/logs"), Some(3100));
+    assert_eq!(port_of("0.0.0.0:8888"), Some(8888));
+}
