@@ -234,7 +234,7 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
     pub async fn run(&self, input: T) -> Result<RunReport<T>, RunError> {
         let span = tracing::info_span!(
             "pipeline.run",
-            pipeline.name = %self.inner.name,
+            pipeline.name = self.inner.name.as_str(),
             pipeline.outcome = field::Empty,
             otel.status_code = field::Empty,
             otel.status_description = field::Empty,
@@ -250,14 +250,14 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
     ) -> Result<RunReport<T>, RunError> {
         let inner = &*self.inner;
         let started = Instant::now();
-        tracing::info!(pipeline.name = %inner.name, "pipeline started");
+        tracing::info!(pipeline.name = inner.name.as_str(), "pipeline started");
         let mut state = input;
         let mut stages = Vec::with_capacity(inner.stages.len());
         for stage in &inner.stages {
             let span = tracing::info_span!(
                 "stage.run",
-                pipeline.name = %inner.name,
-                stage.name = %stage.name,
+                pipeline.name = inner.name.as_str(),
+                stage.name = stage.name.as_str(),
                 stage.kind = stage.kind.as_str(),
                 stage.selected_model = field::Empty,
                 otel.status_code = field::Empty,
@@ -294,9 +294,9 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
                     current.record("otel.status_description", message.as_str());
                     self.finish(started, 1);
                     tracing::error!(
-                        pipeline.name = %inner.name,
-                        stage.name = %stage.name,
-                        error.message = %message,
+                        pipeline.name = inner.name.as_str(),
+                        stage.name = stage.name.as_str(),
+                        error.message = message.as_str(),
                         "pipeline failed"
                     );
                     return Err(error);
@@ -306,7 +306,7 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
         let duration = self.finish(started, 0);
         Span::current().record("pipeline.outcome", names::OUTCOME_SUCCESS);
         tracing::info!(
-            pipeline.name = %inner.name,
+            pipeline.name = inner.name.as_str(),
             duration_ms = duration.as_secs_f64() * 1e3,
             "pipeline completed"
         );
@@ -389,11 +389,14 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
             .selected
             .add(1, &slot.labels.selected);
         tracing::info!(
-            stage.name = %stage.name,
-            model.name = %slot.name,
+            stage.name = stage.name.as_str(),
+            model.name = slot.name.as_str(),
             model.confidence = prediction.confidence,
             candidates = stage.models.len(),
-            survivors = reports.iter().filter(|r| r.outcome == Outcome::Success).count(),
+            survivors = reports
+                .iter()
+                .filter(|r| r.outcome == Outcome::Success)
+                .count(),
             "model selected"
         );
         (reports, Some(prediction.output), Some(index))
@@ -497,8 +500,8 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
                 span.record("model.components", total);
                 if confidence < LOW_CONFIDENCE {
                     tracing::warn!(
-                        stage.name = %stage.name,
-                        model.name = %slot.name,
+                        stage.name = stage.name.as_str(),
+                        model.name = slot.name.as_str(),
                         model.confidence = confidence,
                         model.components = total,
                         duration_ms = seconds * 1e3,
@@ -506,8 +509,8 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
                     );
                 } else {
                     tracing::info!(
-                        stage.name = %stage.name,
-                        model.name = %slot.name,
+                        stage.name = stage.name.as_str(),
+                        model.name = slot.name.as_str(),
                         model.confidence = confidence,
                         model.components = total,
                         duration_ms = seconds * 1e3,
@@ -539,11 +542,11 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
                 span.record("otel.status_code", "ERROR");
                 span.record("otel.status_description", message.as_str());
                 tracing::error!(
-                    stage.name = %stage.name,
-                    model.name = %slot.name,
+                    stage.name = stage.name.as_str(),
+                    model.name = slot.name.as_str(),
                     model.outcome = outcome.as_str(),
                     error.type = error_type,
-                    error.message = %message,
+                    error.message = message.as_str(),
                     duration_ms = seconds * 1e3,
                     "model failed"
                 );
@@ -577,9 +580,9 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
 fn model_span<T>(stage: &StageSlot<T>, slot: &ModelSlot<T>) -> Span {
     tracing::info_span!(
         "model.run",
-        stage.name = %stage.name,
-        model.name = %slot.name,
-        model.version = %slot.version,
+        stage.name = stage.name.as_str(),
+        model.name = slot.name.as_str(),
+        model.version = slot.version.as_str(),
         model.outcome = field::Empty,
         model.confidence = field::Empty,
         model.components = field::Empty,

@@ -22,7 +22,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use super::config::{ConfigError, LogFormat, OtlpTarget, Protocol, TelemetryConfig};
-use super::json::JsonFormat;
+use super::json::JsonLayer;
 
 /// Targets that must never feed the OTel layers: the exporters' own HTTP and
 /// gRPC stacks and the OTel crates' internal logs would otherwise export
@@ -104,11 +104,7 @@ where
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
     let fmt_filter = env_filter(&config.log_filter)?;
     layers.push(match config.log_format {
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .event_format(JsonFormat)
-            .with_writer(writer)
-            .with_filter(fmt_filter)
-            .boxed(),
+        LogFormat::Json => JsonLayer::new(writer).with_filter(fmt_filter).boxed(),
         LogFormat::Console => tracing_subscriber::fmt::layer()
             .with_writer(writer)
             .with_filter(fmt_filter)
