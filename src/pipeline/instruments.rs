@@ -1,7 +1,7 @@
 //! The OTel instruments a pipeline records into, with label sets bound once
 //! per model when the pipeline is built.
 
-use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
+use opentelemetry::metrics::{BoundCounter, BoundHistogram, Counter, Gauge, Histogram, Meter};
 use opentelemetry::KeyValue;
 
 use super::report::Outcome;
@@ -82,38 +82,103 @@ impl Instruments {
     }
 }
 
-/// The label sets of one model in one stage, built once.
-pub(crate) struct ModelLabels {
-    /// `model_name, stage, outcome` for each [`Outcome`], in `Outcome::ALL` order.
-    pub(crate) by_outcome: [[KeyValue; 3]; 4],
-    /// `model_name, stage`.
-    pub(crate) model_stage: [KeyValue; 2],
-    /// `model_name`.
-    pub(crate) model: [KeyValue; 1],
-    /// `stage, model_name`.
-    pub(crate) selected: [KeyValue; 2],
+/// The `error_type` values the runner knows; each gets a bound counter.
+const ERROR_TYPES: [&str; 5] = [
+    "invalid_input",
+    "computation",
+    "injected_fault",
+    "panic",
+    "timeout",
+];
+
+/// One model's instruments in one stage, bound to its label sets when the
+/// pipeline is built, so recording skips the per-call attribute lookup.
+/// Bound counters and histograms are exported from the start with 0, so
+/// `rate()` and ratio alerts see every series before its first event.
+pub(crate) struct ModelInstruments {
+    /// `model_name, stage, outcome`, in `Outcome::ALL` order.
+    executions: [BoundCounter<u64>; 4],
+    duration: BoundHistogram<f64>,
+    confidence: BoundHistogram<f64>,
+    /// `stage, model_name`; only in parallel stages, which select.
+    selected: Option<BoundCounter<u64>>,
+    /// `model_name, error_type`, in `ERROR_TYPES` order.
+    errors: [BoundCounter<u64>; 5],
+    model: KeyValue,
 }
 
-impl ModelLabels {
-    pub(crate) fn new(model: &str, stage: &str) -> Self {
+impl ModelInstruments {
+    pub(crate) fn new(ins: &Instruments, model: &str, stage: &str, selects: bool) -> Self {
         let m = KeyValue::new(names::MODEL_NAME, model.to_owned());
         let s = KeyValue::new(names::STAGE, stage.to_owned());
-        let by_outcome = Outcome::ALL.map(|o| {
-            [
-                m.clone(),
-                s.clone(),
-                KeyValue::new(names::OUTCOME, o.as_str()),
-            ]
-        });
         Self {
-            by_outcome,
-            model_stage: [m.clone(), s.clone()],
-            model: [m.clone()],
-            selected: [s, m],
+            executions: Outcome::ALL.map(|o| {
+                ins.executions.bind(&[
+                    m.clone(),
+                    s.clone(),
+                    KeyValue::new(names::OUTCOME, o.as_str()),
+                ])
+            }),
+            duration: ins.execution_duration.bind(&[m.clone(), s.clone()]),
+            confidence: ins.confidence.bind(std::slice::from_ref(&m)),
+            selected: selects.then(|| ins.selected.bind(&[s.clone(), m.clone()])),
+            errors: ERROR_TYPES.map(|e| {
+                ins.errors
+                    .bind(&[m.clone(), KeyValue::new(names::ERROR_TYPE, e)])
+            }),
+            model: m,
         }
     }
 
-    pub(crate) fn outcome(&self, outcome: Outcome) -> &[KeyValue] {
-        &self.by_outcome[outcome as usize]
+    /// One execution ended with `outcome` after `seconds`.
+    pub(crate) fn execution(&self, outcome: Outcome, seconds: f64) {
+        self.executions[outcome as usize].add(1);
+        self.duration.record(seconds);
+    }
+
+    /// A successful execution's confidence. The latest-value gauge is not
+    /// bound: a bound gauge would export a made-up 0 before the first run.
+    pub(crate) fn confidence(&self, ins: &Instruments, confidence: f64) {
+        ins.confidence_score
+            .record(confidence, std::slice::from_ref(&self.model));
+        self.confidence.record(confidence);
+    }
+
+    /// Components of a successful execution (their types come from the
+    /// model, so they are not bound in advance).
+    pub(crate) fn components(
+        &self,
+        ins: &Instruments,
+        kind: std::borrow::Cow<'static, str>,
+        count: u64,
+    ) {
+        ins.components.add(
+            count,
+            &[
+                KeyValue::new(names::COMPONENT_TYPE, kind),
+                self.model.clone(),
+            ],
+        );
+    }
+
+    /// A failed execution of class `error_type`.
+    pub(crate) fn error(&self, ins: &Instruments, error_type: &'static str) {
+        match ERROR_TYPES.iter().position(|e| *e == error_type) {
+            Some(i) => self.errors[i].add(1),
+            None => ins.errors.add(
+                1,
+                &[
+                    self.model.clone(),
+                    KeyValue::new(names::ERROR_TYPE, error_type),
+                ],
+            ),
+        }
+    }
+
+    /// The stage selected this model's output.
+    pub(crate) fn selected(&self) {
+        if let Some(c) = &self.selected {
+            c.add(1);
+        }
     }
 }

@@ -5,14 +5,14 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opentelemetry::metrics::Meter;
+use opentelemetry::metrics::{BoundCounter, BoundHistogram, Meter};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
 use tracing::{field, Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::error::{BuildError, ModelFailure, RunError};
-use super::instruments::{Instruments, ModelLabels};
+use super::instruments::{Instruments, ModelInstruments};
 use super::model::{Component, Model, ModelError, Prediction};
 use super::report::{ModelReport, Outcome, RunReport, StageKind, StageReport};
 use super::stage::{SelectionPolicy, Stage};
@@ -109,7 +109,12 @@ impl<T: Send + Sync + 'static> PipelineBuilder<T> {
                     ],
                 );
                 models.push(ModelSlot {
-                    labels: ModelLabels::new(&name, &stage.name),
+                    metrics: ModelInstruments::new(
+                        &instruments,
+                        &name,
+                        &stage.name,
+                        stage.kind == StageKind::Parallel,
+                    ),
                     version: model.version().to_owned(),
                     name,
                     model,
@@ -123,12 +128,14 @@ impl<T: Send + Sync + 'static> PipelineBuilder<T> {
                 models,
             });
         }
-        let pipeline_attrs = [KeyValue::new(names::PIPELINE, self.name.clone())];
-        let run_attrs = [names::OUTCOME_SUCCESS, names::OUTCOME_FAILURE].map(|o| {
-            [
-                KeyValue::new(names::PIPELINE, self.name.clone()),
-                KeyValue::new(names::OUTCOME, o),
-            ]
+        let pipeline_kv = KeyValue::new(names::PIPELINE, self.name.clone());
+        let run_duration = instruments
+            .run_duration
+            .bind(std::slice::from_ref(&pipeline_kv));
+        let runs = [names::OUTCOME_SUCCESS, names::OUTCOME_FAILURE].map(|o| {
+            instruments
+                .runs
+                .bind(&[pipeline_kv.clone(), KeyValue::new(names::OUTCOME, o)])
         });
         Ok(Pipeline {
             inner: Arc::new(Inner {
@@ -136,8 +143,8 @@ impl<T: Send + Sync + 'static> PipelineBuilder<T> {
                 stages,
                 instruments,
                 execution: self.execution,
-                pipeline_attrs,
-                run_attrs,
+                runs,
+                run_duration,
             }),
         })
     }
@@ -171,8 +178,9 @@ struct Inner<T> {
     stages: Vec<StageSlot<T>>,
     instruments: Instruments,
     execution: Execution,
-    pipeline_attrs: [KeyValue; 1],
-    run_attrs: [[KeyValue; 2]; 2],
+    /// `pipeline, outcome` for success and failure.
+    runs: [BoundCounter<u64>; 2],
+    run_duration: BoundHistogram<f64>,
 }
 
 struct StageSlot<T> {
@@ -187,7 +195,7 @@ struct ModelSlot<T> {
     name: String,
     version: String,
     model: Arc<dyn Model<T>>,
-    labels: ModelLabels,
+    metrics: ModelInstruments,
 }
 
 /// A model execution's raw result, before it is recorded.
@@ -374,20 +382,16 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
             ran.push(self.record(stage, slot, span, exec));
         }
         drop(spans);
-        let selected = select(stage.policy, &ran);
-        let reports: Vec<ModelReport> = ran.iter().map(|r| r.report.clone()).collect();
-        let Some(index) = selected else {
+        let (reports, mut predictions): (Vec<ModelReport>, Vec<Option<Prediction<T>>>) =
+            ran.into_iter().map(|r| (r.report, r.prediction)).unzip();
+        let Some(index) = select(stage.policy, &predictions) else {
             return (reports, None, None);
         };
         let slot = &stage.models[index];
-        let prediction = ran.swap_remove(index).prediction;
-        let Some(prediction) = prediction else {
+        let Some(prediction) = predictions.swap_remove(index) else {
             return (reports, None, None);
         };
-        self.inner
-            .instruments
-            .selected
-            .add(1, &slot.labels.selected);
+        slot.metrics.selected();
         tracing::info!(
             stage.name = stage.name.as_str(),
             model.name = slot.name.as_str(),
@@ -475,26 +479,17 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
             ),
         };
         let seconds = duration.as_secs_f64();
-        ins.executions.add(1, slot.labels.outcome(outcome));
-        ins.execution_duration
-            .record(seconds, &slot.labels.model_stage);
+        slot.metrics.execution(outcome, seconds);
         span.record("model.outcome", outcome.as_str());
         match result {
             Ok(mut prediction) => {
                 let confidence = clamp_confidence(prediction.confidence);
                 prediction.confidence = confidence;
-                ins.confidence_score.record(confidence, &slot.labels.model);
-                ins.confidence.record(confidence, &slot.labels.model);
+                slot.metrics.confidence(ins, confidence);
                 let mut total = 0;
                 for c in &prediction.components {
                     total += c.count;
-                    ins.components.add(
-                        c.count,
-                        &[
-                            KeyValue::new(names::COMPONENT_TYPE, c.kind.clone()),
-                            slot.labels.model[0].clone(),
-                        ],
-                    );
+                    slot.metrics.components(ins, c.kind.clone(), c.count);
                 }
                 span.record("model.confidence", confidence);
                 span.record("model.components", total);
@@ -524,20 +519,14 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
                         outcome,
                         confidence: Some(confidence),
                         duration,
-                        components: prediction.components.clone(),
+                        components: std::mem::take(&mut prediction.components),
                         error: None,
                     },
                     prediction: Some(prediction),
                 }
             }
             Err((error_type, message)) => {
-                ins.errors.add(
-                    1,
-                    &[
-                        slot.labels.model[0].clone(),
-                        KeyValue::new(names::ERROR_TYPE, error_type),
-                    ],
-                );
+                slot.metrics.error(ins, error_type);
                 span.record("error.type", error_type);
                 span.record("otel.status_code", "ERROR");
                 span.record("otel.status_description", message.as_str());
@@ -569,10 +558,8 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
     /// Records the run's outcome (`0` success, `1` failure) and duration.
     fn finish(&self, started: Instant, outcome: usize) -> Duration {
         let duration = started.elapsed();
-        let ins = &self.inner.instruments;
-        ins.runs.add(1, &self.inner.run_attrs[outcome]);
-        ins.run_duration
-            .record(duration.as_secs_f64(), &self.inner.pipeline_attrs);
+        self.inner.runs[outcome].add(1);
+        self.inner.run_duration.record(duration.as_secs_f64());
         duration
     }
 }
@@ -660,11 +647,11 @@ fn clamp_confidence(c: f64) -> f64 {
 }
 
 /// The index of the selected candidate, if any succeeded.
-fn select<T>(policy: SelectionPolicy, ran: &[Ran<T>]) -> Option<usize> {
-    let mut survivors = ran
+fn select<T>(policy: SelectionPolicy, predictions: &[Option<Prediction<T>>]) -> Option<usize> {
+    let mut survivors = predictions
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| r.prediction.as_ref().map(|p| (i, p.confidence)));
+        .filter_map(|(i, p)| p.as_ref().map(|p| (i, p.confidence)));
     match policy {
         SelectionPolicy::FirstSuccess => survivors.next().map(|(i, _)| i),
         SelectionPolicy::HighestConfidence => survivors

@@ -117,7 +117,8 @@ async fn highest_confidence_wins_and_ties_go_to_the_first_declared() {
     );
     assert_eq!(
         h.value("ml_model_selected_total", &[("model_name", "low")]),
-        None
+        Some(0.0),
+        "counters start at 0"
     );
     assert_eq!(
         h.value("ml_model_confidence_score", &[("model_name", "low")]),
@@ -277,8 +278,11 @@ async fn a_stage_with_no_survivor_fails_the_run_naming_stage_and_models() {
         Some(1.0)
     );
     assert_eq!(
-        h.value("ml_model_executions_total", &[("model_name", "unreached")]),
-        None
+        h.value(
+            "ml_model_executions_total",
+            &[("model_name", "unreached"), ("outcome", "success")]
+        ),
+        Some(0.0)
     );
 }
 
