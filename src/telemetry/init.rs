@@ -22,6 +22,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use super::config::{ConfigError, LogFormat, OtlpTarget, Protocol, TelemetryConfig};
+use super::export_counts::Counted;
 use super::json::JsonLayer;
 
 /// Targets that must never feed the OTel layers: the exporters' own HTTP and
@@ -56,7 +57,10 @@ pub enum TelemetryError {
     /// A global tracing subscriber is already installed.
     #[error("a global tracing subscriber is already installed: {0}")]
     SubscriberAlreadySet(String),
-    /// Flushing or shutting down a provider failed.
+    /// Flushing a provider failed.
+    #[error("telemetry flush failed: {0}")]
+    Flush(String),
+    /// Shutting down a provider failed.
     #[error("telemetry shutdown failed: {0}")]
     Shutdown(String),
 }
@@ -100,6 +104,7 @@ where
         .with_service_name(config.service_name.clone())
         .build();
     let (registry, meter_provider) = metrics_provider(resource.clone())?;
+    let meter = meter_provider.meter("pipelens");
 
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
     let fmt_filter = env_filter(&config.log_filter)?;
@@ -118,7 +123,12 @@ where
             .with_resource(resource.clone())
             .with_sampler(config.sampler.to_sampler());
         if let Some(target) = &config.traces {
-            builder = builder.with_batch_exporter(span_exporter(target)?);
+            let component = match target.protocol {
+                Protocol::Grpc => "otlp_grpc_span_exporter",
+                Protocol::HttpProtobuf => "otlp_http_span_exporter",
+            };
+            let exporter = Counted::new(span_exporter(target)?, &meter, "span", component);
+            builder = builder.with_batch_exporter(exporter);
         }
         let provider = builder.build();
         let tracer = provider.tracer("pipelens");
@@ -145,9 +155,14 @@ where
         tracer_provider = Some(provider);
 
         if let Some(target) = &config.logs {
+            let component = match target.protocol {
+                Protocol::Grpc => "otlp_grpc_log_exporter",
+                Protocol::HttpProtobuf => "otlp_http_log_exporter",
+            };
+            let exporter = Counted::new(log_exporter(target)?, &meter, "log", component);
             let provider = SdkLoggerProvider::builder()
                 .with_resource(resource)
-                .with_batch_exporter(log_exporter(target)?)
+                .with_batch_exporter(exporter)
                 .build();
             layers.push(
                 OpenTelemetryTracingBridge::new(&provider)
@@ -280,6 +295,27 @@ impl Telemetry {
     /// Whether spans are created (false under `OTEL_SDK_DISABLED=true`).
     pub fn tracing_enabled(&self) -> bool {
         self.tracing_enabled
+    }
+
+    /// Exports every finished span and log record now instead of at the
+    /// next batch tick. Blocks like [`Telemetry::shutdown`].
+    pub fn flush(&self) -> Result<(), TelemetryError> {
+        let mut errors = Vec::new();
+        if let Some(p) = &self.tracer_provider {
+            if let Err(e) = p.force_flush() {
+                errors.push(format!("traces: {e}"));
+            }
+        }
+        if let Some(p) = &self.logger_provider {
+            if let Err(e) = p.force_flush() {
+                errors.push(format!("logs: {e}"));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(TelemetryError::Flush(errors.join("; ")))
+        }
     }
 
     /// Flushes and shuts down traces, then logs, then metrics. Blocks until

@@ -3,6 +3,7 @@
 //! the guard that flushes them.
 
 mod config;
+mod export_counts;
 mod init;
 mod json;
 
