@@ -106,21 +106,7 @@ mod tests {
 
     /// Free cells farther than `REACH` from every diffuser, by brute force.
     fn unreached(layout: &Layout) -> usize {
-        let obstacles = layout.room.obstacles();
-        let mut missed = 0;
-        for y in 0..layout.room.length() {
-            for x in 0..layout.room.width() {
-                if obstacles.contains(&Cell::new(x, y)) {
-                    continue;
-                }
-                let reached = layout.air_supply.iter().any(|d| {
-                    let (dx, dy) = (f64::from(d.x) - f64::from(x), f64::from(d.y) - f64::from(y));
-                    dx * dx + dy * dy <= REACH * REACH
-                });
-                missed += usize::from(!reached);
-            }
-        }
-        missed
+        crate::ceiling::lights::tests::unreached(layout, &layout.air_supply, REACH)
     }
 
     #[test]

@@ -354,6 +354,26 @@ pub(crate) mod tests {
 
     /// Asserts that no light is on an obstacle, outside the room, on another
     /// light or on another fixture.
+    /// Free cells of `layout` farther than `reach` from every one of
+    /// `fixtures`, by brute force (the reference for the stamped coverage).
+    pub(crate) fn unreached(layout: &Layout, fixtures: &[Cell], reach: f64) -> usize {
+        let obstacles = layout.room.obstacles();
+        let mut missed = 0;
+        for y in 0..layout.room.length() {
+            for x in 0..layout.room.width() {
+                if obstacles.contains(&Cell::new(x, y)) {
+                    continue;
+                }
+                let reached = fixtures.iter().any(|d| {
+                    let (dx, dy) = (f64::from(d.x) - f64::from(x), f64::from(d.y) - f64::from(y));
+                    dx * dx + dy * dy <= reach * reach
+                });
+                missed += usize::from(!reached);
+            }
+        }
+        missed
+    }
+
     pub(crate) fn assert_occupancy(layout: &Layout) {
         let obstacles: HashSet<Cell> = layout.room.obstacles().iter().copied().collect();
         let mut taken = HashSet::new();

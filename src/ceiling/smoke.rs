@@ -160,7 +160,7 @@ impl Model<Layout> for SmokeDetectors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ceiling::lights::tests::{assert_occupancy, room_mix, scatter, Lcg};
+    use crate::ceiling::lights::tests::{assert_occupancy, room_mix, scatter, unreached, Lcg};
     use crate::ceiling::room::{Cell, Room};
     use crate::ceiling::{AirSupply, DenseLights, PerimeterLights, SparseLights};
 
@@ -190,21 +190,7 @@ mod tests {
                 assert!(chebyshev >= 2, "{d:?} next to diffuser {a:?}");
             }
         }
-        let obstacles = layout.room.obstacles();
-        let mut missed = 0;
-        for y in 0..length {
-            for x in 0..width {
-                if obstacles.contains(&Cell::new(x, y)) {
-                    continue;
-                }
-                let reached = layout.smoke_detectors.iter().any(|d| {
-                    let (dx, dy) = (f64::from(d.x) - f64::from(x), f64::from(d.y) - f64::from(y));
-                    dx * dx + dy * dy <= REACH * REACH
-                });
-                missed += usize::from(!reached);
-            }
-        }
-        missed
+        unreached(layout, &layout.smoke_detectors, REACH)
     }
 
     #[test]
