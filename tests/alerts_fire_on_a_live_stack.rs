@@ -98,17 +98,7 @@ fn prometheus_config(service: &str, alertmanager: &str) -> (Yaml, String) {
         .as_sequence()
         .into_iter()
         .flatten()
-        .find(|j| {
-            j["static_configs"]
-                .as_sequence()
-                .into_iter()
-                .flatten()
-                .any(|sc| {
-                    yaml_strings(&sc["targets"])
-                        .iter()
-                        .any(|t| t.starts_with("pipelens:"))
-                })
-        })
+        .find(|j| scrapes_pipelens(j))
         .cloned()
         .expect("prometheus.yml scrapes no pipelens:<port> target");
     let job_name = yaml_str(&job["job_name"]).unwrap();

@@ -7,11 +7,8 @@ mod support;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use hyper::{Method, StatusCode};
-use pipelens::faults::Faults;
 use pipelens::names::PROM_CONTRACT;
-use pipelens::telemetry::metrics_provider;
-use support::service::{post_room, send, start};
+use support::service::{metrics_after_a_mix, MIX_ROOMS};
 
 /// The labels of every sample line of `name` (histograms: of `name_bucket`).
 fn label_sets(text: &str, name: &str) -> Vec<Vec<String>> {
@@ -36,25 +33,7 @@ fn label_sets(text: &str, name: &str) -> Vec<Vec<String>> {
 
 #[tokio::test]
 async fn every_contract_metric_is_exported_with_its_labels_and_passes_promtool() {
-    let (registry, provider) = metrics_provider(
-        opentelemetry_sdk::Resource::builder()
-            .with_service_name("pipelens-test")
-            .build(),
-    )
-    .unwrap();
-    let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "test");
-    // One candidate always fails, so the error series exist too.
-    let faults = Faults::new(Some(r#"{"light_dense": {"error_rate": 1.0}}"#), None).unwrap();
-    let addr = start(&meter, registry, faults, 3).await;
-    for (w, l) in [(12, 8), (4, 4), (40, 30), (3, 40), (20, 20), (8, 12)] {
-        let reply = post_room(addr, &format!(r#"{{"width": {w}, "length": {l}}}"#), &[]).await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    }
-    let bad = post_room(addr, r#"{"width": "x"}"#, &[]).await;
-    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
-
-    let reply = send(addr, Method::GET, "/metrics", "", &[]).await;
-    assert_eq!(reply.status, StatusCode::OK);
+    let reply = metrics_after_a_mix().await;
     let content_type = reply.headers["content-type"].to_str().unwrap();
     assert!(
         content_type.starts_with("text/plain; version=0.0.4"),
@@ -74,7 +53,9 @@ async fn every_contract_metric_is_exported_with_its_labels_and_passes_promtool()
     for needle in [
         r#"ml_model_executions_total{model_name="light_dense",outcome="error",stage="lighting"}"#,
         r#"ml_model_errors_total{error_type="injected_fault",model_name="light_dense"}"#,
-        r#"ml_pipeline_runs_total{outcome="success",pipeline="ceiling-layout"} 6"#,
+        &format!(
+            r#"ml_pipeline_runs_total{{outcome="success",pipeline="ceiling-layout"}} {MIX_ROOMS}"#
+        ),
         r#"http_server_request_duration_seconds_count{http_request_method="POST",http_response_status_code="400",http_route="/v1/pipelines/ceiling-layout/runs"} 1"#,
         r#"ml_model_loaded{model_name="smoke_detector",model_version="1.0.0"} 1"#,
     ] {

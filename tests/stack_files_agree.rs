@@ -28,12 +28,10 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-use hyper::{Method, StatusCode};
 use pipelens::faults::Faults;
-use pipelens::telemetry::metrics_provider;
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
-use support::service::{post_room, send, start};
+use support::service::metrics_after_a_mix;
 use support::stack::*;
 
 /// Fails with every problem at once, one per line.
@@ -794,31 +792,7 @@ const KNOWN_EXTERNAL_PREFIXES: &[&str] = &[
 /// `_count` series, which is what PromQL must name (a bare histogram family
 /// name selects nothing).
 async fn live_sample_names() -> BTreeSet<String> {
-    let (registry, provider) = metrics_provider(
-        opentelemetry_sdk::Resource::builder()
-            .with_service_name("pipelens-test")
-            .build(),
-    )
-    .unwrap();
-    let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "test");
-    let faults = Faults::new(Some(r#"{"light_dense": {"error_rate": 1.0}}"#), None).unwrap();
-    let addr = start(&meter, registry, faults, 3).await;
-    for (w, l) in [
-        (12, 8),
-        (4, 4),
-        (40, 30),
-        (3, 40),
-        (20, 20),
-        (8, 12),
-        (15, 9),
-    ] {
-        let reply = post_room(addr, &format!(r#"{{"width": {w}, "length": {l}}}"#), &[]).await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    }
-    let bad = post_room(addr, r#"{"width": "x"}"#, &[]).await;
-    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
-    let reply = send(addr, Method::GET, "/metrics", "", &[]).await;
-    assert_eq!(reply.status, StatusCode::OK);
+    let reply = metrics_after_a_mix().await;
     reply
         .body
         .lines()
@@ -843,17 +817,7 @@ fn pipelens_job() -> String {
         .as_sequence()
         .into_iter()
         .flatten()
-        .find(|j| {
-            j["static_configs"]
-                .as_sequence()
-                .into_iter()
-                .flatten()
-                .any(|sc| {
-                    yaml_strings(&sc["targets"])
-                        .iter()
-                        .any(|t| t.starts_with("pipelens:"))
-                })
-        })
+        .find(|j| scrapes_pipelens(j))
         .and_then(|j| yaml_str(&j["job_name"]))
         .expect("prometheus.yml scrapes no pipelens:<port> target")
 }

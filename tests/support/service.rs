@@ -93,3 +93,32 @@ pub async fn post_room(addr: SocketAddr, body: &str, headers: &[(&str, &str)]) -
     all.extend_from_slice(headers);
     send(addr, Method::POST, server::RUNS_ROUTE, body, &all).await
 }
+
+/// The rooms `metrics_after_a_mix` plans, all of which must succeed.
+pub const MIX_ROOMS: usize = 6;
+
+/// Serves the pipeline with one light candidate always failing (so the error
+/// series exist), plans `MIX_ROOMS` rooms of different shapes and one bad
+/// request, and returns the /metrics reply.
+pub async fn metrics_after_a_mix() -> Reply {
+    let (registry, provider) = pipelens::telemetry::metrics_provider(
+        opentelemetry_sdk::Resource::builder()
+            .with_service_name("pipelens-test")
+            .build(),
+    )
+    .unwrap();
+    let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "test");
+    let faults = Faults::new(Some(r#"{"light_dense": {"error_rate": 1.0}}"#), None).unwrap();
+    let addr = start(&meter, registry, faults, 3).await;
+    let rooms = [(12, 8), (4, 4), (40, 30), (3, 40), (20, 20), (8, 12)];
+    assert_eq!(rooms.len(), MIX_ROOMS);
+    for (w, l) in rooms {
+        let reply = post_room(addr, &format!(r#"{{"width": {w}, "length": {l}}}"#), &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    let bad = post_room(addr, r#"{"width": "x"}"#, &[]).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let reply = send(addr, Method::GET, "/metrics", "", &[]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    reply
+}

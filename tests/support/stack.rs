@@ -93,6 +93,19 @@ pub fn yaml_str(v: &Yaml) -> Option<String> {
     }
 }
 
+/// Whether a Prometheus scrape job targets the pipelens compose service.
+pub fn scrapes_pipelens(job: &Yaml) -> bool {
+    job["static_configs"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .any(|sc| {
+            yaml_strings(&sc["targets"])
+                .iter()
+                .any(|t| t.starts_with("pipelens:"))
+        })
+}
+
 /// A YAML value that is a string or a list of strings, as a list.
 pub fn yaml_strings(v: &Yaml) -> Vec<String> {
     match v {
