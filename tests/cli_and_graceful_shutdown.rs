@@ -1,0 +1,214 @@
+//! The `pipelens` binary itself: `run` plans a room file, bad flags, files and
+//! variables are named in the error, and `serve` drains in-flight requests on
+//! SIGTERM before exiting cleanly.
+
+mod support;
+
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hyper::{Method, StatusCode};
+use support::service::{post_room, send};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pipelens");
+
+fn pipelens(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run pipelens");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn run_prints_the_report_of_a_room_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let room = dir.path().join("room.json");
+    std::fs::write(
+        &room,
+        r#"{"width": 12, "length": 8, "obstacles": [{"x": 3, "y": 4}]}"#,
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = pipelens(&["run", "--input", room.to_str().unwrap()], &[]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout).expect("stdout is the JSON report");
+    assert_eq!(report["pipeline"], "ceiling-layout");
+    assert_eq!(report["stages"].as_array().unwrap().len(), 2);
+    assert!(!report["output"]["lights"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn bad_flags_files_and_variables_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.json");
+    let bad_room = dir.path().join("bad.json");
+    std::fs::write(&bad_room, r#"{"width": 0, "length": 8}"#).unwrap();
+    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, Vec<&str>)> = vec![
+        (
+            vec!["run", "--input", missing.to_str().unwrap()],
+            vec![],
+            vec!["--input", "nope.json"],
+        ),
+        (
+            vec!["run", "--input", bad_room.to_str().unwrap()],
+            vec![],
+            vec!["--input", "width"],
+        ),
+        (
+            vec!["serve", "--addr", "not-an-address"],
+            vec![],
+            vec!["--addr"],
+        ),
+        (
+            vec!["loadgen", "--target", "localhost:8000", "--duration", "1"],
+            vec![],
+            vec!["--target"],
+        ),
+        (
+            vec!["loadgen", "--bad-share", "2", "--duration", "1"],
+            vec![],
+            vec!["--bad-share"],
+        ),
+        (
+            vec!["serve", "--addr", "127.0.0.1:0"],
+            vec![("PIPELENS_LOG_FORMAT", "xml")],
+            vec!["PIPELENS_LOG_FORMAT"],
+        ),
+        (
+            vec!["serve", "--addr", "127.0.0.1:0"],
+            vec![("OTEL_TRACES_SAMPLER", "sometimes")],
+            vec!["OTEL_TRACES_SAMPLER"],
+        ),
+        (
+            vec!["serve", "--addr", "127.0.0.1:0"],
+            vec![("PIPELENS_FAULTS", r#"{"light_dense": {"error_rate": 3}}"#)],
+            vec!["PIPELENS_FAULTS", "light_dense.error_rate"],
+        ),
+    ];
+    for (args, env, needles) in cases {
+        let (ok, _, stderr) = pipelens(&args, &env);
+        assert!(!ok, "{args:?} {env:?} must fail");
+        for needle in needles {
+            assert!(
+                stderr.contains(needle),
+                "{args:?} {env:?}: `{needle}` not in: {stderr}"
+            );
+        }
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+async fn wait_for(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish_then_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = dir.path().join("faults.json");
+    // Every run takes at least 800 ms, so one is surely in flight at SIGTERM.
+    std::fs::write(&faults, r#"{"air_supply": {"latency_ms": 800}}"#).unwrap();
+    let addr = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--addr", &addr.to_string()])
+        .env("PIPELENS_FAULTS_FILE", &faults)
+        .env("PIPELENS_LOG_FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    wait_for(
+        "the service to be healthy",
+        Duration::from_secs(20),
+        async || {
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Empty<hyper::body::Bytes>>();
+            let uri: hyper::Uri = format!("http://{addr}/health").parse().unwrap();
+            matches!(client.get(uri).await, Ok(r) if r.status() == StatusCode::OK)
+        },
+    )
+    .await;
+
+    let in_flight =
+        tokio::spawn(async move { post_room(addr, r#"{"width": 10, "length": 10}"#, &[]).await });
+    wait_for(
+        "the run to be in flight",
+        Duration::from_secs(10),
+        async || {
+            send(addr, Method::GET, "/metrics", "", &[])
+                .await
+                .body
+                .contains(r#"http_server_active_requests{http_request_method="POST"} 1"#)
+        },
+    )
+    .await;
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let reply = in_flight.await.unwrap();
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "the in-flight run finished: {}",
+        reply.body
+    );
+
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "pipelens did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "exit {status:?}\n{stdout}\n{stderr}");
+    assert!(stdout.contains("shutdown signal received"), "{stdout}");
+    assert!(
+        stdout.contains(r#""message":"pipeline completed""#),
+        "{stdout}"
+    );
+}
