@@ -52,7 +52,9 @@ fn bad_flags_files_and_variables_are_named() {
     let missing = dir.path().join("nope.json");
     let bad_room = dir.path().join("bad.json");
     std::fs::write(&bad_room, r#"{"width": 0, "length": 8}"#).unwrap();
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, Vec<&str>)> = vec![
+    // (arguments, environment, what the error must name)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+    let cases: Vec<Case<'_>> = vec![
         (
             vec!["run", "--input", missing.to_str().unwrap()],
             vec![],
