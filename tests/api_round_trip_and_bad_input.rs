@@ -202,6 +202,7 @@ async fn wrong_content_type_oversized_body_and_unknown_routes_are_4xx_json() {
 
     let reply = send(addr, Method::GET, pipelens::server::RUNS_ROUTE, "", &[]).await;
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.json()["error"]["code"], "method_not_allowed");
 }
 
 #[tokio::test]

@@ -54,6 +54,9 @@ pub enum ApiError {
     /// No such route.
     #[error("no route for this path")]
     NotFound,
+    /// The route exists but not for this method.
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
 }
 
 impl ApiError {
@@ -66,6 +69,7 @@ impl ApiError {
             Self::PipelineFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Timeout(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -83,6 +87,7 @@ impl ApiError {
             Self::Timeout(_) => "request_timeout",
             Self::Unavailable(_) => "unavailable",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
         }
     }
 }

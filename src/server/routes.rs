@@ -149,3 +149,8 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
 pub(crate) async fn not_found() -> ApiError {
     ApiError::NotFound
 }
+
+/// A known path with the wrong method.
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
