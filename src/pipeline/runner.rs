@@ -480,7 +480,6 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
         };
         let seconds = duration.as_secs_f64();
         slot.metrics.execution(outcome, seconds);
-        span.record("model.outcome", outcome.as_str());
         match result {
             Ok(mut prediction) => {
                 let confidence = clamp_confidence(prediction.confidence);
@@ -491,8 +490,7 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
                     total += c.count;
                     slot.metrics.components(ins, c.kind.clone(), c.count);
                 }
-                span.record("model.confidence", confidence);
-                span.record("model.components", total);
+                record_success(span, outcome.as_str(), confidence, total);
                 if confidence < LOW_CONFIDENCE {
                     tracing::warn!(
                         stage.name = stage.name.as_str(),
@@ -527,9 +525,7 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
             }
             Err((error_type, message)) => {
                 slot.metrics.error(ins, error_type);
-                span.record("error.type", error_type);
-                span.record("otel.status_code", "ERROR");
-                span.record("otel.status_description", message.as_str());
+                record_failure(span, outcome.as_str(), error_type, &message);
                 tracing::error!(
                     stage.name = stage.name.as_str(),
                     model.name = slot.name.as_str(),
@@ -561,6 +557,46 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
         self.inner.runs[outcome].add(1);
         self.inner.run_duration.record(duration.as_secs_f64());
         duration
+    }
+}
+
+/// Records a successful execution on its `model.run` span in one dispatch
+/// (each `Span::record` call goes through every layer on its own).
+fn record_success(span: &Span, outcome: &str, confidence: f64, components: u64) {
+    let Some(fields) = span.metadata().map(|m| m.fields()) else {
+        return;
+    };
+    if let (Some(o), Some(c), Some(n)) = (
+        fields.field("model.outcome"),
+        fields.field("model.confidence"),
+        fields.field("model.components"),
+    ) {
+        span.record_all(&fields.value_set(&[
+            (&o, Some(&outcome as &dyn field::Value)),
+            (&c, Some(&confidence as &dyn field::Value)),
+            (&n, Some(&components as &dyn field::Value)),
+        ]));
+    }
+}
+
+/// Records a failed execution on its `model.run` span in one dispatch,
+/// setting the span status to ERROR with the message.
+fn record_failure(span: &Span, outcome: &str, error_type: &str, message: &str) {
+    let Some(fields) = span.metadata().map(|m| m.fields()) else {
+        return;
+    };
+    if let (Some(o), Some(e), Some(s), Some(d)) = (
+        fields.field("model.outcome"),
+        fields.field("error.type"),
+        fields.field("otel.status_code"),
+        fields.field("otel.status_description"),
+    ) {
+        span.record_all(&fields.value_set(&[
+            (&o, Some(&outcome as &dyn field::Value)),
+            (&e, Some(&error_type as &dyn field::Value)),
+            (&s, Some(&"ERROR" as &dyn field::Value)),
+            (&d, Some(&message as &dyn field::Value)),
+        ]));
     }
 }
 
