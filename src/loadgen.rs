@@ -31,6 +31,8 @@ pub struct LoadgenConfig {
     pub concurrency: usize,
     /// Seed of the room generator, for reproducible runs.
     pub seed: u64,
+    /// Which rooms to send.
+    pub mix: Mix,
 }
 
 /// A load generator setting that cannot be used, named by its flag.
@@ -148,9 +150,25 @@ pub struct Shot {
     pub bad: bool,
 }
 
-/// A realistic room: small offices, open halls, corridors, cluttered rooms.
-pub fn room(rng: &mut impl Rng) -> Value {
-    let (w, l, density) = match rng.random_range(0..100) {
+/// Which rooms the load generator sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mix {
+    /// Small offices, open halls, corridors and cluttered rooms: the traffic
+    /// the service's drift reference is taken from.
+    #[default]
+    Realistic,
+    /// Only large open halls: traffic unlike the reference, which makes
+    /// `ml_feature_drift_psi` rise and the FeatureDrift alert fire.
+    Halls,
+}
+
+/// A room of the `mix`.
+pub fn room(rng: &mut impl Rng, mix: Mix) -> Value {
+    let kind = match mix {
+        Mix::Realistic => rng.random_range(0..100),
+        Mix::Halls => 50,
+    };
+    let (w, l, density) = match kind {
         0..=39 => (rng.random_range(4..=12), rng.random_range(4..=12), 0.02),
         40..=64 => (rng.random_range(30..=120), rng.random_range(30..=120), 0.01),
         65..=84 => (rng.random_range(2..=4), rng.random_range(20..=80), 0.0),
@@ -198,12 +216,12 @@ pub fn bad_request(rng: &mut impl Rng) -> Shot {
 }
 
 /// The next request of the mix.
-pub fn shot(rng: &mut impl Rng, bad_share: f64) -> Shot {
+pub fn shot(rng: &mut impl Rng, mix: Mix, bad_share: f64) -> Shot {
     if bad_share > 0.0 && rng.random_bool(bad_share) {
         bad_request(rng)
     } else {
         Shot {
-            body: room(rng).to_string(),
+            body: room(rng, mix).to_string(),
             content_type: "application/json",
             bad: false,
         }
@@ -247,7 +265,7 @@ pub async fn run(
                     lock(&summary).skipped += 1;
                     continue;
                 };
-                let shot = shot(&mut rng, config.bad_share);
+                let shot = shot(&mut rng, config.mix, config.bad_share);
                 let request = Request::builder()
                     .method(Method::POST)
                     .uri(uri.clone())
@@ -300,8 +318,12 @@ mod tests {
     fn the_mix_is_reproducible_and_has_the_requested_share_of_bad_requests() {
         let mut a = StdRng::seed_from_u64(7);
         let mut b = StdRng::seed_from_u64(7);
-        let shots: Vec<Shot> = (0..2000).map(|_| shot(&mut a, 0.1)).collect();
-        let again: Vec<Shot> = (0..2000).map(|_| shot(&mut b, 0.1)).collect();
+        let shots: Vec<Shot> = (0..2000)
+            .map(|_| shot(&mut a, Mix::Realistic, 0.1))
+            .collect();
+        let again: Vec<Shot> = (0..2000)
+            .map(|_| shot(&mut b, Mix::Realistic, 0.1))
+            .collect();
         assert_eq!(shots, again);
         let bad = shots.iter().filter(|s| s.bad).count();
         assert!((150..=250).contains(&bad), "{bad} bad of 2000 at 10%");
@@ -310,6 +332,33 @@ mod tests {
             let room = crate::server::parse_room(s.body.as_bytes());
             assert!(room.is_ok(), "generated room must be valid: {v}");
         }
+    }
+
+    /// The drift monitor of the service, fed the realistic mix as reference
+    /// and then live traffic: the realistic mix stays stable, halls drift.
+    fn psi_after(live: Mix) -> Vec<f64> {
+        let meter = opentelemetry::global::meter("loadgen-test");
+        let monitor = crate::planner::drift_monitor(&meter);
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut last = None;
+        for i in 0..400 {
+            let mix = if i < 200 { Mix::Realistic } else { live };
+            let body = room(&mut rng, mix).to_string();
+            let room = crate::server::parse_room(body.as_bytes()).unwrap();
+            last = monitor.observe(&crate::planner::features(&room));
+        }
+        last.expect("the reference is complete after 200 rooms")
+    }
+
+    #[test]
+    fn the_halls_mix_drifts_from_the_realistic_reference() {
+        let stable = psi_after(Mix::Realistic);
+        assert!(
+            stable.iter().all(|p| *p < 0.2),
+            "realistic traffic: {stable:?}"
+        );
+        let drifted = psi_after(Mix::Halls);
+        assert!(drifted[0] > 0.2 && drifted[1] > 0.2, "halls: {drifted:?}");
     }
 
     #[test]
@@ -321,6 +370,7 @@ mod tests {
             bad_share: 0.0,
             concurrency: 4,
             seed: 1,
+            mix: Mix::Realistic,
         };
         assert_eq!(config.check().unwrap_err().flag, "--target");
         let config = LoadgenConfig { rps: 0.0, ..config };

@@ -61,6 +61,10 @@ enum Command {
         /// Seed of the room generator.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Which rooms to send: `realistic`, or `halls` (only large halls:
+        /// input drift, for the FeatureDrift alert).
+        #[arg(long, value_enum, default_value_t = MixArg::Realistic)]
+        mix: MixArg,
     },
     /// Exit 0 if the URL answers 200, 1 otherwise (container health checks).
     Healthcheck {
@@ -68,6 +72,13 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8000/health")]
         url: String,
     },
+}
+
+/// The `--mix` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MixArg {
+    Realistic,
+    Halls,
 }
 
 fn main() -> ExitCode {
@@ -102,6 +113,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             bad_share,
             concurrency,
             seed,
+            mix,
         } => {
             let config = LoadgenConfig {
                 target,
@@ -110,6 +122,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 bad_share,
                 concurrency,
                 seed,
+                mix: match mix {
+                    MixArg::Realistic => loadgen::Mix::Realistic,
+                    MixArg::Halls => loadgen::Mix::Halls,
+                },
             };
             let _telemetry = telemetry::init(&TelemetryConfig::from_env()?)?;
             let readiness = Arc::new(Readiness::new(true));
