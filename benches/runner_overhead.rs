@@ -16,9 +16,9 @@
 //! After criterion's figures it prints the added time per model execution,
 //! measured side by side (interleaved batches) in the same process.
 //!
-//! On the 2-core development VM (2026-11-23): direct 6.9 µs/run; inline
-//! 25.0 µs/run (3.6×, +3.6 µs per model execution); offload 167 µs/run
-//! (24×, +32 µs per model execution, the blocking-pool hop).
+//! On the 2-core development VM (2026-11-23): direct 6.6 µs/run; inline
+//! 24.2 µs/run (3.6×, +3.5 µs per model execution); offload 153 µs/run
+//! (23×, +29 µs per model execution, the blocking-pool hop).
 
 use std::hint::black_box;
 use std::sync::Arc;
