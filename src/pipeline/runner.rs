@@ -271,10 +271,9 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
                 otel.status_code = field::Empty,
                 otel.status_description = field::Empty,
             );
-            let (report, next) = self
-                .run_stage(stage, Arc::new(state))
-                .instrument(span.clone())
-                .await;
+            // The stage span is the explicit parent of its model spans and is
+            // entered only to emit events: no enter/exit around every poll.
+            let (report, next) = self.run_stage(stage, &span, Arc::new(state)).await;
             match next {
                 Some(output) => {
                     span.record("stage.selected_model", report.selected_model.as_deref());
@@ -331,11 +330,16 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
 impl<T: Send + Sync + 'static> Pipeline<T> {
     /// Runs one stage on `input`; returns its report and, when it succeeded,
     /// the output it passes on.
-    async fn run_stage(&self, stage: &StageSlot<T>, input: Arc<T>) -> (StageReport, Option<T>) {
+    async fn run_stage(
+        &self,
+        stage: &StageSlot<T>,
+        span: &Span,
+        input: Arc<T>,
+    ) -> (StageReport, Option<T>) {
         let started = Instant::now();
         let (reports, output, selected) = match stage.kind {
-            StageKind::Parallel => self.run_parallel(stage, input).await,
-            StageKind::Sequential => self.run_sequential(stage, input).await,
+            StageKind::Parallel => self.run_parallel(stage, span, input).await,
+            StageKind::Sequential => self.run_sequential(stage, span, input).await,
         };
         let report = StageReport {
             stage: stage.name.clone(),
@@ -350,9 +354,14 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
     async fn run_parallel(
         &self,
         stage: &StageSlot<T>,
+        stage_span: &Span,
         input: Arc<T>,
     ) -> (Vec<ModelReport>, Option<T>, Option<usize>) {
-        let spans: Vec<Span> = stage.models.iter().map(|m| model_span(stage, m)).collect();
+        let spans: Vec<Span> = stage
+            .models
+            .iter()
+            .map(|m| model_span(stage_span, stage, m))
+            .collect();
         let execs: Vec<Exec<T>> = match self.offload_handle() {
             Some(handle) => {
                 let start = tokio::time::Instant::now();
@@ -392,38 +401,39 @@ impl<T: Send + Sync + 'static> Pipeline<T> {
             return (reports, None, None);
         };
         slot.metrics.selected();
-        tracing::info!(
-            stage.name = stage.name.as_str(),
-            model.name = slot.name.as_str(),
-            model.confidence = prediction.confidence,
-            candidates = stage.models.len(),
-            survivors = reports
-                .iter()
-                .filter(|r| r.outcome == Outcome::Success)
-                .count(),
-            "model selected"
-        );
+        stage_span.in_scope(|| {
+            tracing::info!(
+                stage.name = stage.name.as_str(),
+                model.name = slot.name.as_str(),
+                model.confidence = prediction.confidence,
+                candidates = stage.models.len(),
+                survivors = reports
+                    .iter()
+                    .filter(|r| r.outcome == Outcome::Success)
+                    .count(),
+                "model selected"
+            );
+        });
         (reports, Some(prediction.output), Some(index))
     }
 
     async fn run_sequential(
         &self,
         stage: &StageSlot<T>,
+        stage_span: &Span,
         input: Arc<T>,
     ) -> (Vec<ModelReport>, Option<T>, Option<usize>) {
         let mut reports = Vec::with_capacity(stage.models.len());
         let mut current = input;
         let last = stage.models.len() - 1;
         for (i, slot) in stage.models.iter().enumerate() {
-            let span = model_span(stage, slot);
+            let span = model_span(stage_span, stage, slot);
             let exec = match self.offload_handle() {
                 Some(handle) => {
                     let model = Arc::clone(&slot.model);
                     let input = Arc::clone(&current);
                     let task = handle.spawn_blocking(move || timed(|| model.run(&input)));
-                    join(task, tokio::time::Instant::now(), stage.timeout)
-                        .instrument(span.clone())
-                        .await
+                    join(task, tokio::time::Instant::now(), stage.timeout).await
                 }
                 None => run_inline(slot, &current, stage.timeout),
             };
@@ -600,8 +610,9 @@ fn record_failure(span: &Span, outcome: &str, error_type: &str, message: &str) {
     }
 }
 
-fn model_span<T>(stage: &StageSlot<T>, slot: &ModelSlot<T>) -> Span {
+fn model_span<T>(parent: &Span, stage: &StageSlot<T>, slot: &ModelSlot<T>) -> Span {
     tracing::info_span!(
+        parent: parent,
         "model.run",
         stage.name = stage.name.as_str(),
         model.name = slot.name.as_str(),
