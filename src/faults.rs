@@ -126,7 +126,8 @@ impl Faults {
     }
 
     /// Polls the file every `interval` on the tokio runtime and logs each
-    /// change or error. Does nothing without a file.
+    /// change, and each new error once (a broken file is not reported again
+    /// every tick). Does nothing without a file.
     pub fn watch(self: &Arc<Self>, interval: Duration) {
         if self.file.is_none() {
             return;
@@ -134,12 +135,26 @@ impl Faults {
         let faults = Arc::clone(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
+            let mut last_error: Option<String> = None;
             loop {
                 tick.tick().await;
                 match faults.reload() {
-                    Ok(true) => tracing::warn!(faults = ?faults.snapshot(), "fault knobs changed"),
-                    Ok(false) => {}
-                    Err(e) => tracing::error!(error.message = %e, "fault knobs not reloaded"),
+                    Ok(changed) => {
+                        if changed {
+                            tracing::warn!(faults = ?faults.snapshot(), "fault knobs changed");
+                        }
+                        last_error = None;
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        if last_error.as_deref() != Some(message.as_str()) {
+                            tracing::error!(
+                                error.message = message.as_str(),
+                                "fault knobs not reloaded; the last good set stays"
+                            );
+                            last_error = Some(message);
+                        }
+                    }
                 }
             }
         });

@@ -58,17 +58,22 @@ pub struct Summary {
     pub transport_errors: u64,
     /// Ticks skipped because `concurrency` requests were in flight.
     pub skipped: u64,
-    /// Latencies of answered requests, in seconds.
-    latencies: Vec<f64>,
+    /// Latencies of the last `LATENCY_WINDOW` answered requests, in
+    /// seconds: bounded, since `--duration 0` runs for days.
+    latencies: std::collections::VecDeque<f64>,
 }
 
+/// How many recent latencies the quantiles are computed over.
+const LATENCY_WINDOW: usize = 10_000;
+
 impl Summary {
-    /// The `q` quantile (0..=1) of response latency in seconds.
+    /// The `q` quantile (0..=1) of response latency in seconds, over the
+    /// most recent answered requests.
     pub fn latency_quantile(&self, q: f64) -> Option<f64> {
         if self.latencies.is_empty() {
             return None;
         }
-        let mut sorted = self.latencies.clone();
+        let mut sorted: Vec<f64> = self.latencies.iter().copied().collect();
         sorted.sort_by(f64::total_cmp);
         let i = ((sorted.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize;
         sorted.get(i).copied()
@@ -290,7 +295,10 @@ pub async fn run(
                     match outcome {
                         Some(status) => {
                             *s.by_status.entry(status).or_default() += 1;
-                            s.latencies.push(started.elapsed().as_secs_f64());
+                            if s.latencies.len() == LATENCY_WINDOW {
+                                s.latencies.pop_front();
+                            }
+                            s.latencies.push_back(started.elapsed().as_secs_f64());
                         }
                         None => s.transport_errors += 1,
                     }

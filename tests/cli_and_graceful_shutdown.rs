@@ -44,6 +44,18 @@ fn run_prints_the_report_of_a_room_file() {
     assert_eq!(report["pipeline"], "ceiling-layout");
     assert_eq!(report["stages"].as_array().unwrap().len(), 2);
     assert!(!report["output"]["lights"].as_array().unwrap().is_empty());
+    let trace_id = report["trace_id"].as_str().expect("a trace id by default");
+    assert_eq!(trace_id.len(), 32);
+
+    // OTEL_SDK_DISABLED turns spans off: same plan, no trace id.
+    let (ok, stdout, stderr) = pipelens(
+        &["run", "--input", room.to_str().unwrap()],
+        &[("OTEL_SDK_DISABLED", "true")],
+    );
+    assert!(ok, "{stderr}");
+    let untraced: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(untraced["trace_id"].is_null(), "{}", untraced["trace_id"]);
+    assert_eq!(untraced["output"], report["output"]);
 }
 
 #[test]
