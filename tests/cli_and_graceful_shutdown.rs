@@ -180,11 +180,10 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_cleanly() {
     )
     .await;
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(sent, 0, "SIGTERM not delivered");
 
     let reply = in_flight.await.unwrap();
     assert_eq!(
