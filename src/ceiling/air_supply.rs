@@ -95,14 +95,9 @@ impl Model<Layout> for AirSupply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ceiling::lights::tests::{assert_occupancy, room_mix, scatter, Lcg};
+    use crate::ceiling::lights::tests::{assert_occupancy, layout, room_mix, scatter, Lcg};
     use crate::ceiling::room::{Cell, Room};
     use crate::ceiling::DenseLights;
-
-    fn layout(width: u32, length: u32, obstacles: &[(u32, u32)]) -> Layout {
-        let obstacles = obstacles.iter().map(|&(x, y)| Cell::new(x, y)).collect();
-        Layout::empty(Room::new(width, length, obstacles).expect("valid room"))
-    }
 
     /// Free cells farther than `REACH` from every diffuser, by brute force.
     fn unreached(layout: &Layout) -> usize {

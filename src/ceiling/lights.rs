@@ -332,7 +332,8 @@ pub(crate) mod tests {
             .collect()
     }
 
-    fn room(width: u32, length: u32, obstacles: &[(u32, u32)]) -> Layout {
+    /// An empty layout of a `width × length` room with these obstacles.
+    pub(crate) fn layout(width: u32, length: u32, obstacles: &[(u32, u32)]) -> Layout {
         let obstacles = obstacles.iter().map(|&(x, y)| Cell::new(x, y)).collect();
         Layout::empty(Room::new(width, length, obstacles).expect("valid room"))
     }
@@ -398,7 +399,7 @@ pub(crate) mod tests {
 
     #[test]
     fn three_by_three_room_scores_match_hand_computation() {
-        let layout = room(3, 3, &[]);
+        let layout = layout(3, 3, &[]);
         // Dense: one light at the centre lights all 9 cells once; its disk
         // has 13 cells: 9 / (13 + 4).
         let dense = DenseLights.run(&layout).expect("dense");
@@ -423,7 +424,7 @@ pub(crate) mod tests {
         // The centre is blocked: the dense light moves to (1, 0), the first
         // of its four nearest vacant cells, and reaches every free cell but
         // (0, 2) and (2, 2).
-        let layout = room(3, 3, &[(1, 1)]);
+        let layout = layout(3, 3, &[(1, 1)]);
         let p = DENSE.place(&layout).expect("dense");
         assert_eq!(p.layout.lights, vec![Cell::new(1, 0)]);
         assert_close(p.coverage, 6.0 / 8.0);
@@ -432,7 +433,7 @@ pub(crate) mod tests {
 
     #[test]
     fn lights_replace_lights_and_avoid_other_fixtures() {
-        let mut layout = room(6, 6, &[(0, 0)]);
+        let mut layout = layout(6, 6, &[(0, 0)]);
         layout.lights = vec![Cell::new(5, 5)];
         layout.air_supply = vec![Cell::new(1, 1)];
         let out = DenseLights.run(&layout).expect("dense").output;
@@ -458,7 +459,7 @@ pub(crate) mod tests {
     #[test]
     fn confidence_is_in_unit_range_for_odd_rooms() {
         let mut rng = Lcg(7);
-        let mut rooms = vec![room(1, 1, &[]), room(1, 256, &[]), room(256, 2, &[])];
+        let mut rooms = vec![layout(1, 1, &[]), layout(1, 256, &[]), layout(256, 2, &[])];
         for _ in 0..40 {
             let (w, l) = (rng.range(1, 12), rng.range(1, 12));
             let obstacles = scatter(&mut rng, w, l, (w * l / 2) as usize);
@@ -478,13 +479,13 @@ pub(crate) mod tests {
 
     #[test]
     fn blocked_rooms_fail_with_typed_errors() {
-        let full = room(2, 1, &[(0, 0), (1, 0)]);
+        let full = layout(2, 1, &[(0, 0), (1, 0)]);
         for model in models() {
             let err = model.run(&full).expect_err("no free cell");
             assert_eq!(err.error_type(), "invalid_input");
         }
         // The only free cell holds an air diffuser: nowhere to put a light.
-        let mut taken = room(2, 1, &[(0, 0)]);
+        let mut taken = layout(2, 1, &[(0, 0)]);
         taken.air_supply = vec![Cell::new(1, 0)];
         for model in models() {
             let err = model.run(&taken).expect_err("no vacant cell");
@@ -544,9 +545,9 @@ pub(crate) mod tests {
                 )
                 .0
         };
-        assert_eq!(winner(&room(9, 9, &[])), "light_dense");
-        assert_eq!(winner(&room(120, 90, &[])), "light_sparse");
-        assert_eq!(winner(&room(3, 60, &[])), "light_perimeter");
+        assert_eq!(winner(&layout(9, 9, &[])), "light_dense");
+        assert_eq!(winner(&layout(120, 90, &[])), "light_sparse");
+        assert_eq!(winner(&layout(3, 60, &[])), "light_perimeter");
     }
 
     #[test]

@@ -160,14 +160,11 @@ impl Model<Layout> for SmokeDetectors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ceiling::lights::tests::{assert_occupancy, room_mix, scatter, unreached, Lcg};
+    use crate::ceiling::lights::tests::{
+        assert_occupancy, layout, room_mix, scatter, unreached, Lcg,
+    };
     use crate::ceiling::room::{Cell, Room};
     use crate::ceiling::{AirSupply, DenseLights, PerimeterLights, SparseLights};
-
-    fn layout(width: u32, length: u32, obstacles: &[(u32, u32)]) -> Layout {
-        let obstacles = obstacles.iter().map(|&(x, y)| Cell::new(x, y)).collect();
-        Layout::empty(Room::new(width, length, obstacles).expect("valid room"))
-    }
 
     fn cells(list: &[(u32, u32)]) -> Vec<Cell> {
         list.iter().map(|&(x, y)| Cell::new(x, y)).collect()
