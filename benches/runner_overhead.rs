@@ -25,11 +25,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use pipelens::ceiling::{
+use demo::ceiling::{
     AirSupply, Cell, DenseLights, Layout, PerimeterLights, Room, SmokeDetectors, SparseLights,
 };
 use pipelens::telemetry::{self, LogFormat, TelemetryConfig};
 use pipelens::{Execution, Model, Pipeline, Stage};
+
+// Bench targets compile `#[cfg(test)]` modules without running them, so
+// the demo's test helpers would count as unused here.
+#[allow(dead_code, unreachable_pub, unused_imports)]
+#[path = "../src/bin/pipelens/demo/mod.rs"]
+mod demo;
 
 const MODELS_PER_RUN: f64 = 5.0;
 
@@ -56,7 +62,10 @@ fn direct(input: &Layout) -> Layout {
         .output
 }
 
-fn pipeline(meter: opentelemetry::metrics::Meter, execution: Execution) -> Pipeline<Layout> {
+fn pipeline(
+    meter: opentelemetry::metrics::Meter,
+    execution: Execution,
+) -> Pipeline<Layout, Layout> {
     Pipeline::builder("ceiling-layout")
         .meter(meter)
         .execution(execution)
@@ -77,8 +86,8 @@ fn pipeline(meter: opentelemetry::metrics::Meter, execution: Execution) -> Pipel
 
 struct Setup {
     runtime: tokio::runtime::Runtime,
-    inline: Pipeline<Layout>,
-    offload: Pipeline<Layout>,
+    inline: Pipeline<Layout, Layout>,
+    offload: Pipeline<Layout, Layout>,
     _telemetry: Arc<telemetry::Telemetry>,
 }
 

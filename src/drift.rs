@@ -1,6 +1,7 @@
 //! Feature drift: the population stability index (PSI) between a reference
 //! window of inputs and a sliding window of live inputs, per feature,
-//! exported as `ml_feature_drift_psi{feature}`.
+//! exported as `ml_feature_drift_psi{pipeline, feature}`. A pipeline declares
+//! its features with a [`DriftSpec`].
 //!
 //! PSI = Σ (live% − ref%) · ln(live% / ref%) over fixed bins; shares are
 //! floored at 0.0001 so empty bins do not divide by zero. Rule of thumb:
@@ -64,26 +65,68 @@ struct State {
     window: VecDeque<Vec<usize>>,
 }
 
-/// Tracks drift of a fixed set of features. The first `reference_size`
-/// observations form the reference; PSI is then computed over the last
-/// `window_size` observations and recorded on every observation.
-pub struct DriftMonitor {
+type Extract<In> = Box<dyn Fn(&In) -> Vec<f64> + Send + Sync>;
+
+/// Which numeric features of a pipeline's input are watched for drift: the
+/// features with their bins, and a function from an input to their values
+/// (in the order of the features). Handed to
+/// [`crate::PipelineBuilder::drift`].
+pub struct DriftSpec<In> {
     features: Vec<Feature>,
+    extract: Extract<In>,
+    reference_size: usize,
+    window_size: usize,
+}
+
+impl<In> DriftSpec<In> {
+    /// Watches `features`, whose values `extract` reads off each input. The
+    /// first 200 inputs are the reference, the last 200 the live window.
+    pub fn new(
+        features: Vec<Feature>,
+        extract: impl Fn(&In) -> Vec<f64> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            features,
+            extract: Box::new(extract),
+            reference_size: 200,
+            window_size: 200,
+        }
+    }
+
+    /// Sets how many first inputs form the reference.
+    #[must_use]
+    pub fn reference_size(mut self, n: usize) -> Self {
+        self.reference_size = n;
+        self
+    }
+
+    /// Sets how many latest inputs form the live window.
+    #[must_use]
+    pub fn window_size(mut self, n: usize) -> Self {
+        self.window_size = n;
+        self
+    }
+}
+
+/// Tracks drift of a fixed set of features of one pipeline's inputs. The
+/// first `reference_size` observations form the reference; PSI is then
+/// computed over the last `window_size` observations and recorded on every
+/// observation.
+pub struct DriftMonitor<In> {
+    features: Vec<Feature>,
+    extract: Extract<In>,
     reference_size: usize,
     window_size: usize,
     state: Mutex<State>,
     gauge: Gauge<f64>,
-    labels: Vec<[KeyValue; 1]>,
+    labels: Vec<[KeyValue; 2]>,
 }
 
-impl DriftMonitor {
-    /// A monitor for `features`, recording into `meter`.
-    pub fn new(
-        meter: &Meter,
-        features: Vec<Feature>,
-        reference_size: usize,
-        window_size: usize,
-    ) -> Self {
+impl<In> DriftMonitor<In> {
+    /// A monitor for `spec`, recording `ml_feature_drift_psi{pipeline,
+    /// feature}` into `meter`.
+    pub fn from_spec(meter: &Meter, pipeline: &str, spec: DriftSpec<In>) -> Self {
+        let features = spec.features;
         let zeros = || {
             features
                 .iter()
@@ -94,11 +137,16 @@ impl DriftMonitor {
             reference: zeros(),
             reference_seen: 0,
             live: zeros(),
-            window: VecDeque::with_capacity(window_size),
+            window: VecDeque::with_capacity(spec.window_size),
         };
         let labels = features
             .iter()
-            .map(|f| [KeyValue::new(names::FEATURE, f.name)])
+            .map(|f| {
+                [
+                    KeyValue::new(names::PIPELINE, pipeline.to_owned()),
+                    KeyValue::new(names::FEATURE, f.name),
+                ]
+            })
             .collect();
         Self {
             gauge: meter
@@ -108,15 +156,22 @@ impl DriftMonitor {
                 )
                 .build(),
             features,
-            reference_size: reference_size.max(1),
-            window_size: window_size.max(1),
+            extract: spec.extract,
+            reference_size: spec.reference_size.max(1),
+            window_size: spec.window_size.max(1),
             state: Mutex::new(state),
             labels,
         }
     }
 
-    /// Records one input's feature values (in the order of the features) and
-    /// returns the current PSI per feature once the reference is complete.
+    /// Records one input's feature values and returns the current PSI per
+    /// feature once the reference is complete.
+    pub fn observe_input(&self, input: &In) -> Option<Vec<f64>> {
+        self.observe(&(self.extract)(input))
+    }
+
+    /// Records feature values (in the order of the features) and returns the
+    /// current PSI per feature once the reference is complete.
     pub fn observe(&self, values: &[f64]) -> Option<Vec<f64>> {
         let bins: Vec<usize> = self
             .features
@@ -174,9 +229,12 @@ mod tests {
             name: "x",
             edges: vec![10.0],
         };
-        let m = DriftMonitor::new(&meter, vec![feature], 4, 4);
+        let spec = DriftSpec::new(vec![feature], |x: &f64| vec![*x])
+            .reference_size(4)
+            .window_size(4);
+        let m = DriftMonitor::from_spec(&meter, "p", spec);
         for v in [1.0, 2.0, 20.0, 30.0] {
-            assert_eq!(m.observe(&[v]), None);
+            assert_eq!(m.observe_input(&v), None);
         }
         m.observe(&[5.0]);
         let same = m.observe(&[50.0]).unwrap()[0];

@@ -1,21 +1,24 @@
-//! Fault knobs for demos and alert tests, like the OpenTelemetry demo's
-//! feature flags: per model an error rate, added latency and a confidence
-//! penalty. Off by default; set by `PIPELENS_FAULTS` (inline JSON) or
-//! `PIPELENS_FAULTS_FILE` (a JSON file re-read when it changes, so a fault
-//! can be switched on and off without a restart).
+//! Fault knobs to test alerts and dashboards, like the OpenTelemetry demo's
+//! feature flags: wrap any model, sync or async, in [`Faulty`] and set per
+//! model name an error rate, added latency and a confidence penalty. Off by
+//! default; set by `PIPELENS_FAULTS` (inline JSON) or `PIPELENS_FAULTS_FILE`
+//! (a JSON file re-read when it changes, so a fault can be switched on and
+//! off without a restart).
 //!
 //! ```json
 //! {"light_dense": {"error_rate": 1.0}, "air_supply": {"latency_ms": 250, "confidence_penalty": 0.5}}
 //! ```
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use crate::pipeline::{Model, ModelError, Prediction};
+use crate::pipeline::{AsyncModel, Model, ModelError, Prediction};
 
 /// The faults of one model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
@@ -59,6 +62,8 @@ pub struct Faults {
     current: RwLock<Arc<FaultMap>>,
     file: Option<(PathBuf, RwLock<Option<SystemTime>>)>,
     inline: FaultMap,
+    /// State of the generator that draws which executions fail.
+    draws: AtomicU64,
 }
 
 impl Faults {
@@ -78,6 +83,7 @@ impl Faults {
             current: RwLock::new(Arc::new(inline.clone())),
             file: file.map(|p| (p.to_owned(), RwLock::new(None))),
             inline,
+            draws: AtomicU64::new(seed()),
         };
         faults.reload()?;
         Ok(faults)
@@ -160,6 +166,24 @@ impl Faults {
         });
     }
 
+    /// A uniform draw in `[0, 1)` (SplitMix64 over an atomic counter: no
+    /// lock, and no dependency on a random-number crate).
+    fn draw(&self) -> f64 {
+        let mut z = self
+            .draws
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Whether an execution of a model with `fault` fails.
+    fn fails(&self, fault: &ModelFault) -> bool {
+        fault.error_rate > 0.0 && self.draw() < fault.error_rate
+    }
+
     /// The current set, model by model.
     pub fn snapshot(&self) -> Vec<(String, ModelFault)> {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
@@ -207,7 +231,22 @@ impl<M> Faulty<M> {
     }
 }
 
-impl<T, M: Model<T>> Model<T> for Faulty<M> {
+fn injected(model: &str, fault: &ModelFault) -> ModelError {
+    ModelError::InjectedFault(format!("error_rate={} for {model}", fault.error_rate))
+}
+
+fn penalised<T>(mut prediction: Prediction<T>, fault: &ModelFault) -> Prediction<T> {
+    prediction.confidence = (prediction.confidence - fault.confidence_penalty).max(0.0);
+    prediction
+}
+
+fn seed() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0x5EED, |d| d.as_nanos() as u64)
+}
+
+impl<In, Out, M: Model<In, Out>> Model<In, Out> for Faulty<M> {
     fn name(&self) -> &str {
         self.inner.name()
     }
@@ -216,23 +255,48 @@ impl<T, M: Model<T>> Model<T> for Faulty<M> {
         self.inner.version()
     }
 
-    fn run(&self, input: &T) -> Result<Prediction<T>, ModelError> {
+    fn load(&self) -> Result<(), ModelError> {
+        self.inner.load()
+    }
+
+    fn run(&self, input: &In) -> Result<Prediction<Out>, ModelError> {
         let Some(fault) = self.faults.get(self.inner.name()) else {
             return self.inner.run(input);
         };
         if fault.latency_ms > 0 {
             std::thread::sleep(Duration::from_millis(fault.latency_ms));
         }
-        if fault.error_rate > 0.0 && rand::random::<f64>() < fault.error_rate {
-            return Err(ModelError::InjectedFault(format!(
-                "error_rate={} for {}",
-                fault.error_rate,
-                self.inner.name()
-            )));
+        if self.faults.fails(&fault) {
+            return Err(injected(self.inner.name(), &fault));
         }
-        let mut prediction = self.inner.run(input)?;
-        prediction.confidence = (prediction.confidence - fault.confidence_penalty).max(0.0);
-        Ok(prediction)
+        self.inner.run(input).map(|p| penalised(p, &fault))
+    }
+}
+
+impl<In: Sync, Out, M: AsyncModel<In, Out>> AsyncModel<In, Out> for Faulty<M> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn version(&self) -> &str {
+        self.inner.version()
+    }
+
+    fn load(&self) -> impl Future<Output = Result<(), ModelError>> + Send {
+        self.inner.load()
+    }
+
+    async fn run(&self, input: &In) -> Result<Prediction<Out>, ModelError> {
+        let Some(fault) = self.faults.get(self.inner.name()) else {
+            return self.inner.run(input).await;
+        };
+        if fault.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(fault.latency_ms)).await;
+        }
+        if self.faults.fails(&fault) {
+            return Err(injected(self.inner.name(), &fault));
+        }
+        self.inner.run(input).await.map(|p| penalised(p, &fault))
     }
 }
 
@@ -241,7 +305,7 @@ mod tests {
     use super::*;
 
     struct Echo;
-    impl Model<u32> for Echo {
+    impl Model<u32, u32> for Echo {
         fn name(&self) -> &str {
             "echo"
         }

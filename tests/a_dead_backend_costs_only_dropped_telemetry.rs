@@ -2,6 +2,9 @@
 //! telemetry is counted on /metrics (`otel_sdk_exporter_*_exported_total`
 //! with `error_type`), instead of blocking the service.
 
+#[allow(dead_code, unreachable_pub)]
+#[path = "../src/bin/pipelens/demo/mod.rs"]
+mod demo;
 mod support;
 
 use std::sync::Arc;

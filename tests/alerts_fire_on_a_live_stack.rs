@@ -27,6 +27,9 @@
 //! test ends, passed or failed. Missing tools fail the test with the command
 //! that installs them.
 
+#[allow(dead_code, unreachable_pub)]
+#[path = "../src/bin/pipelens/demo/mod.rs"]
+mod demo;
 mod support;
 
 use std::path::{Path, PathBuf};

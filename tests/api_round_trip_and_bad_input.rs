@@ -2,6 +2,9 @@
 //! round trip, and every kind of bad input answered with a 4xx JSON error
 //! that names the field — never a panic or a 500.
 
+#[allow(dead_code, unreachable_pub)]
+#[path = "../src/bin/pipelens/demo/mod.rs"]
+mod demo;
 mod support;
 
 use hyper::{Method, StatusCode};
@@ -93,74 +96,74 @@ async fn bad_input_gets_a_4xx_naming_the_field() {
         ),
         (
             r#"{"width": "twelve", "length": 8}"#,
-            400,
+            422,
             "invalid_field",
             Some("width"),
         ),
         (
             r#"{"width": 12.5, "length": 8}"#,
-            400,
+            422,
             "invalid_field",
             Some("width"),
         ),
         (
             r#"{"width": -1, "length": 8}"#,
-            400,
+            422,
             "invalid_field",
             Some("width"),
         ),
-        (r#"{"length": 8}"#, 400, "invalid_field", Some("width")),
-        (r#"{"width": 8}"#, 400, "invalid_field", Some("length")),
+        (r#"{"length": 8}"#, 422, "invalid_field", Some("width")),
+        (r#"{"width": 8}"#, 422, "invalid_field", Some("length")),
         (
             r#"{"width": 0, "length": 8}"#,
-            400,
+            422,
             "invalid_field",
             Some("width"),
         ),
         (
             r#"{"width": 1000000, "length": 1000000}"#,
-            400,
+            422,
             "invalid_field",
             Some("width"),
         ),
         (
             r#"{"width": 12, "length": 99999999999}"#,
-            400,
+            422,
             "invalid_field",
             Some("length"),
         ),
         (
             r#"{"width": 5, "length": 5, "obstacles": [{"x": 9, "y": 1}]}"#,
-            400,
+            422,
             "invalid_field",
             Some("obstacles[0].x"),
         ),
         (
             r#"{"width": 5, "length": 5, "obstacles": [{"x": 1, "y": 1}, {"x": 1, "y": 7}]}"#,
-            400,
+            422,
             "invalid_field",
             Some("obstacles[1].y"),
         ),
         (
             r#"{"width": 5, "length": 5, "obstacles": [{"x": 1}]}"#,
-            400,
+            422,
             "invalid_field",
             Some("obstacles[0].y"),
         ),
         (
             r#"{"width": 5, "length": 5, "obstacles": {"x": 1}}"#,
-            400,
+            422,
             "invalid_field",
             Some("obstacles"),
         ),
         (
             r#"{"width": 5, "length": 5, "color": "red"}"#,
-            400,
+            422,
             "invalid_field",
             Some("color"),
         ),
-        (r#"[12, 8]"#, 400, "invalid_field", Some(".")),
-        ("null", 400, "invalid_field", Some(".")),
+        (r#"[12, 8]"#, 422, "invalid_field", Some(".")),
+        ("null", 422, "invalid_field", Some(".")),
     ];
     for (body, status, code, field) in cases {
         let reply = post_room(addr, body, &[]).await;
@@ -180,7 +183,7 @@ async fn wrong_content_type_oversized_body_and_unknown_routes_are_4xx_json() {
     let reply = send(
         addr,
         Method::POST,
-        pipelens::server::RUNS_ROUTE,
+        &support::service::ceiling_route(),
         r#"{"width": 4, "length": 4}"#,
         &[("content-type", "text/plain")],
     )
@@ -200,7 +203,14 @@ async fn wrong_content_type_oversized_body_and_unknown_routes_are_4xx_json() {
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(reply.json()["error"]["code"], "not_found");
 
-    let reply = send(addr, Method::GET, pipelens::server::RUNS_ROUTE, "", &[]).await;
+    let reply = send(
+        addr,
+        Method::GET,
+        &support::service::ceiling_route(),
+        "",
+        &[],
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(reply.json()["error"]["code"], "method_not_allowed");
 }
@@ -215,6 +225,6 @@ async fn health_and_readiness_answer_json() {
     assert_eq!(ready.status, StatusCode::OK);
     let json = ready.json();
     assert_eq!(json["checks"]["models_loaded"], true);
-    assert_eq!(json["checks"]["telemetry_initialised"], true);
+    assert_eq!(json["checks"]["not_draining"], true);
     assert_eq!(json["failing"].as_array().unwrap().len(), 0);
 }

@@ -2,6 +2,9 @@
 //! variables are named in the error, and `serve` drains in-flight requests on
 //! SIGTERM before exiting cleanly.
 
+#[allow(dead_code, unreachable_pub)]
+#[path = "../src/bin/pipelens/demo/mod.rs"]
+mod demo;
 mod support;
 
 use std::io::Read as _;

@@ -2,6 +2,9 @@
 //! `pipelens::names::PROM_CONTRACT` with its labels, in a format that
 //! `promtool check metrics` accepts.
 
+#[allow(dead_code, unreachable_pub)]
+#[path = "../src/bin/pipelens/demo/mod.rs"]
+mod demo;
 mod support;
 
 use std::io::Write as _;
@@ -44,19 +47,28 @@ async fn every_contract_metric_is_exported_with_its_labels_and_passes_promtool()
     for (name, labels) in PROM_CONTRACT {
         let sets = label_sets(&text, name);
         assert!(!sets.is_empty(), "{name} is missing from /metrics:\n{text}");
-        assert!(
-            sets.iter()
-                .any(|set| labels.iter().all(|l| set.iter().any(|s| s == l))),
-            "{name} has no series with labels {labels:?}; got {sets:?}"
-        );
+        let mut expected: Vec<&str> = labels.to_vec();
+        expected.sort_unstable();
+        for set in &sets {
+            let mut got: Vec<&str> = set
+                .iter()
+                .map(String::as_str)
+                .filter(|l| *l != "le")
+                .collect();
+            got.sort_unstable();
+            assert_eq!(
+                got, expected,
+                "{name}: every series carries exactly the contract's labels"
+            );
+        }
     }
     for needle in [
-        r#"ml_model_executions_total{model_name="light_dense",outcome="error",stage="lighting"}"#,
-        r#"ml_model_errors_total{error_type="injected_fault",model_name="light_dense"}"#,
+        r#"ml_model_executions_total{model_name="light_dense",outcome="error",pipeline="ceiling-layout",stage="lighting"}"#,
+        r#"ml_model_errors_total{error_type="injected_fault",model_name="light_dense",pipeline="ceiling-layout"}"#,
         &format!(
             r#"ml_pipeline_runs_total{{outcome="success",pipeline="ceiling-layout"}} {MIX_ROOMS}"#
         ),
-        r#"http_server_request_duration_seconds_count{http_request_method="POST",http_response_status_code="400",http_route="/v1/pipelines/ceiling-layout/runs"} 1"#,
+        r#"http_server_request_duration_seconds_count{http_request_method="POST",http_response_status_code="422",http_route="/v1/pipelines/ceiling-layout/runs"} 1"#,
         r#"ml_model_loaded{model_name="smoke_detector",model_version="1.0.0"} 1"#,
     ] {
         assert!(text.contains(needle), "missing {needle}:\n{text}");

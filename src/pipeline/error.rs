@@ -83,3 +83,37 @@ fn describe(failures: &[ModelFailure]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+impl RunError {
+    /// The stage that failed.
+    pub fn stage(&self) -> &str {
+        match self {
+            Self::StageFailed { stage, .. } => stage,
+        }
+    }
+
+    /// The W3C trace id of the failed run, when tracing is on.
+    pub fn trace_id(&self) -> Option<&str> {
+        match self {
+            Self::StageFailed { trace_id, .. } => trace_id.as_deref(),
+        }
+    }
+}
+
+/// Why some models of a pipeline did not load.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("pipeline `{pipeline}`: {} did not load", describe_load(failures))]
+pub struct LoadError {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// Each model that failed to load, with its error.
+    pub failures: Vec<(String, String)>,
+}
+
+fn describe_load(failures: &[(String, String)]) -> String {
+    failures
+        .iter()
+        .map(|(model, error)| format!("{model} ({error})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

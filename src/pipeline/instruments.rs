@@ -82,51 +82,78 @@ impl Instruments {
     }
 }
 
-/// The `error_type` values the runner knows; each gets a bound counter.
-const ERROR_TYPES: [&str; 5] = [
+/// The `error_type` values the runner knows: those of
+/// `ModelError::ERROR_TYPES` plus `panic` and `timeout`; each gets a bound
+/// counter.
+const ERROR_TYPES: [&str; 7] = [
     "invalid_input",
     "computation",
+    "unavailable",
+    "not_loaded",
     "injected_fault",
     "panic",
     "timeout",
 ];
 
-/// One model's instruments in one stage, bound to its label sets when the
-/// pipeline is built, so recording skips the per-call attribute lookup.
-/// Bound counters and histograms are exported from the start with 0, so
-/// `rate()` and ratio alerts see every series before its first event.
+/// One model's instruments in one stage of one pipeline, bound to their label
+/// sets when the pipeline is built, so recording skips the per-call attribute
+/// lookup. Bound counters and histograms are exported from the start with 0,
+/// so `rate()` and ratio alerts see every series before its first event.
 pub(crate) struct ModelInstruments {
-    /// `model_name, stage, outcome`, in `Outcome::ALL` order.
+    /// `pipeline, stage, model_name, outcome`, in `Outcome::ALL` order.
     executions: [BoundCounter<u64>; 4],
     duration: BoundHistogram<f64>,
-    confidence: BoundHistogram<f64>,
-    /// `stage, model_name`; only in parallel stages, which select.
+    /// `pipeline, model_name`; only for models that report a confidence.
+    confidence: Option<BoundHistogram<f64>>,
+    /// `pipeline, stage, model_name`; only in parallel stages, which select.
     selected: Option<BoundCounter<u64>>,
-    /// `model_name, error_type`, in `ERROR_TYPES` order.
-    errors: [BoundCounter<u64>; 5],
-    model: KeyValue,
+    /// `pipeline, model_name, error_type`, in `ERROR_TYPES` order.
+    errors: [BoundCounter<u64>; 7],
+    /// The unbound instruments, for label sets only known when recording.
+    confidence_score: Gauge<f64>,
+    components: Counter<u64>,
+    errors_unbound: Counter<u64>,
+    /// `pipeline, model_name`.
+    model: [KeyValue; 2],
 }
 
 impl ModelInstruments {
-    pub(crate) fn new(ins: &Instruments, model: &str, stage: &str, selects: bool) -> Self {
+    /// Binds the label sets of `model` in `stage` of `pipeline`. `scored`
+    /// models report a confidence (function steps do not); `selects` is true
+    /// in parallel stages.
+    pub(crate) fn new(
+        ins: &Instruments,
+        pipeline: &str,
+        stage: &str,
+        model: &str,
+        scored: bool,
+        selects: bool,
+    ) -> Self {
+        let p = KeyValue::new(names::PIPELINE, pipeline.to_owned());
         let m = KeyValue::new(names::MODEL_NAME, model.to_owned());
         let s = KeyValue::new(names::STAGE, stage.to_owned());
         Self {
             executions: Outcome::ALL.map(|o| {
                 ins.executions.bind(&[
-                    m.clone(),
+                    p.clone(),
                     s.clone(),
+                    m.clone(),
                     KeyValue::new(names::OUTCOME, o.as_str()),
                 ])
             }),
-            duration: ins.execution_duration.bind(&[m.clone(), s.clone()]),
-            confidence: ins.confidence.bind(std::slice::from_ref(&m)),
-            selected: selects.then(|| ins.selected.bind(&[s.clone(), m.clone()])),
+            duration: ins
+                .execution_duration
+                .bind(&[p.clone(), s.clone(), m.clone()]),
+            confidence: scored.then(|| ins.confidence.bind(&[p.clone(), m.clone()])),
+            selected: selects.then(|| ins.selected.bind(&[p.clone(), s.clone(), m.clone()])),
             errors: ERROR_TYPES.map(|e| {
                 ins.errors
-                    .bind(&[m.clone(), KeyValue::new(names::ERROR_TYPE, e)])
+                    .bind(&[p.clone(), m.clone(), KeyValue::new(names::ERROR_TYPE, e)])
             }),
-            model: m,
+            confidence_score: ins.confidence_score.clone(),
+            components: ins.components.clone(),
+            errors_unbound: ins.errors.clone(),
+            model: [p, m],
         }
     }
 
@@ -138,37 +165,35 @@ impl ModelInstruments {
 
     /// A successful execution's confidence. The latest-value gauge is not
     /// bound: a bound gauge would export a made-up 0 before the first run.
-    pub(crate) fn confidence(&self, ins: &Instruments, confidence: f64) {
-        ins.confidence_score
-            .record(confidence, std::slice::from_ref(&self.model));
-        self.confidence.record(confidence);
+    pub(crate) fn confidence(&self, confidence: f64) {
+        if let Some(histogram) = &self.confidence {
+            self.confidence_score.record(confidence, &self.model);
+            histogram.record(confidence);
+        }
     }
 
     /// Components of a successful execution (their types come from the
     /// model, so they are not bound in advance).
-    pub(crate) fn components(
-        &self,
-        ins: &Instruments,
-        kind: std::borrow::Cow<'static, str>,
-        count: u64,
-    ) {
-        ins.components.add(
+    pub(crate) fn components(&self, kind: std::borrow::Cow<'static, str>, count: u64) {
+        self.components.add(
             count,
             &[
+                self.model[0].clone(),
                 KeyValue::new(names::COMPONENT_TYPE, kind),
-                self.model.clone(),
+                self.model[1].clone(),
             ],
         );
     }
 
     /// A failed execution of class `error_type`.
-    pub(crate) fn error(&self, ins: &Instruments, error_type: &'static str) {
+    pub(crate) fn error(&self, error_type: &'static str) {
         match ERROR_TYPES.iter().position(|e| *e == error_type) {
             Some(i) => self.errors[i].add(1),
-            None => ins.errors.add(
+            None => self.errors_unbound.add(
                 1,
                 &[
-                    self.model.clone(),
+                    self.model[0].clone(),
+                    self.model[1].clone(),
                     KeyValue::new(names::ERROR_TYPE, error_type),
                 ],
             ),
@@ -180,5 +205,17 @@ impl ModelInstruments {
         if let Some(c) = &self.selected {
             c.add(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ERROR_TYPES;
+    use crate::pipeline::ModelError;
+
+    #[test]
+    fn every_model_error_type_has_a_bound_counter() {
+        assert_eq!(ERROR_TYPES[..5], ModelError::ERROR_TYPES);
+        assert_eq!(ERROR_TYPES[5..], ["panic", "timeout"]);
     }
 }

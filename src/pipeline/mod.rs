@@ -1,18 +1,23 @@
-//! Pipelines of models: the contract models implement, stages, the runner and
-//! what a run reports.
+//! Pipelines of models: the contracts models implement, typed stages, the
+//! runner and what a run reports.
 
+mod call;
+mod chain;
 mod error;
+mod execute;
 mod instruments;
+mod lifecycle;
 mod model;
 mod report;
 mod runner;
 mod stage;
 
-pub use error::{BuildError, ModelFailure, RunError};
-pub use model::{Component, Model, ModelError, Prediction};
+pub use call::ModelKind;
+pub use error::{BuildError, LoadError, ModelFailure, RunError};
+pub use model::{AsyncModel, Component, Model, ModelError, Prediction};
 pub use report::{ModelReport, Outcome, RunReport, StageKind, StageReport};
-pub use runner::{Execution, Pipeline, PipelineBuilder, LOW_CONFIDENCE};
-pub use stage::{SelectionPolicy, Stage};
+pub use runner::{Execution, ModelInfo, Pipeline, PipelineBuilder, StageInfo, LOW_CONFIDENCE};
+pub use stage::{Parallel, SelectionPolicy, Sequential, Stage};
 
 #[cfg(test)]
 mod tests;

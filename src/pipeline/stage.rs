@@ -1,10 +1,18 @@
-//! Stages: a named group of models run in parallel or in sequence.
+//! Stages: a named group of models run in parallel (candidates that compete)
+//! or in sequence (steps whose types change from one to the next).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::model::Model;
-use super::report::StageKind;
+use tracing::{field, Span};
+
+use super::call::{BoxFuture, Candidate};
+use super::chain::{Binder, LinkChain, LinkCtx, LinkThen, StageChain, Start};
+use super::error::BuildError;
+use super::execute::{BoundModel, Ran};
+use super::model::{AsyncModel, Model, ModelError, Prediction};
+use super::report::{ModelReport, Outcome, StageKind, StageReport};
+use super::runner::Env;
 
 /// How a parallel stage picks the output it passes on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -19,70 +27,388 @@ pub enum SelectionPolicy {
     FirstSuccess,
 }
 
-/// A named stage of a pipeline, built with [`Stage::parallel`] or
-/// [`Stage::sequential`] and handed to [`crate::PipelineBuilder::stage`].
-pub struct Stage<T> {
-    pub(crate) name: String,
-    pub(crate) kind: StageKind,
-    pub(crate) models: Vec<Arc<dyn Model<T>>>,
-    pub(crate) policy: SelectionPolicy,
-    pub(crate) timeout: Option<Duration>,
+type BindStage<In, Out> =
+    Box<dyn FnOnce(&Binder) -> Result<Box<dyn StageChain<In, Out>>, BuildError> + Send>;
+type BindLinks<In, Out> =
+    Box<dyn FnOnce(&Binder) -> Result<Box<dyn LinkChain<In, Out>>, BuildError> + Send>;
+
+/// A stage from `In` to `Out`, ready for [`crate::PipelineBuilder::stage`].
+///
+/// Build one with [`Stage::parallel`], [`Stage::sequential`] or
+/// [`Stage::step`]; [`Parallel`] and [`Sequential`] convert into it.
+pub struct Stage<In, Out> {
+    pub(crate) bind: BindStage<In, Out>,
 }
 
-impl<T> Stage<T> {
-    /// A stage whose models all see the same input, run concurrently, and
-    /// compete: one output is selected by the stage's [`SelectionPolicy`].
-    pub fn parallel(name: impl Into<String>) -> Self {
-        Self::new(name.into(), StageKind::Parallel)
-    }
-
-    /// A stage whose models run one after another, each seeing the previous
-    /// model's output. A failing model fails the stage.
-    pub fn sequential(name: impl Into<String>) -> Self {
-        Self::new(name.into(), StageKind::Sequential)
-    }
-
-    fn new(name: String, kind: StageKind) -> Self {
-        Self {
-            name,
-            kind,
-            models: Vec::new(),
+impl<In, Out> Stage<In, Out>
+where
+    In: Send + Sync + 'static,
+    Out: Send + Sync + 'static,
+{
+    /// A stage whose candidate models all see the same input, run
+    /// concurrently, and compete: one output is selected by the stage's
+    /// [`SelectionPolicy`]. Every candidate maps `In` to `Out`.
+    pub fn parallel(name: impl Into<String>) -> Parallel<In, Out> {
+        Parallel {
+            name: name.into(),
+            candidates: Vec::new(),
             policy: SelectionPolicy::default(),
             timeout: None,
         }
     }
 
-    /// Adds a model to the stage.
-    #[must_use]
-    pub fn model(self, model: impl Model<T>) -> Self {
-        self.shared_model(Arc::new(model))
+    /// A stage of one plain function (pre- or post-processing, such as
+    /// tokenising text): it gets its own `model.run` span and duration metric,
+    /// but no confidence. It runs where models run (see
+    /// [`crate::Execution`]).
+    pub fn step(
+        name: impl Into<String>,
+        f: impl Fn(&In) -> Result<Out, ModelError> + Send + Sync + 'static,
+    ) -> Self {
+        let name = name.into();
+        Stage::sequential(name.clone()).step(name, f).into()
     }
+}
 
-    /// Adds a model that is shared with other stages or pipelines.
+impl<T: Send + Sync + 'static> Stage<T, T> {
+    /// A stage whose models run one after another, each seeing the previous
+    /// model's output, so the type may change at every step
+    /// ([`Sequential::model`]). A failing model fails the stage.
+    pub fn sequential(name: impl Into<String>) -> Sequential<T, T> {
+        Sequential {
+            name: name.into(),
+            timeout: None,
+            links: Box::new(|_| Ok(Box::new(Start))),
+        }
+    }
+}
+
+/// A parallel stage being built: candidates from `In` to `Out`, sync and
+/// async side by side.
+pub struct Parallel<In, Out> {
+    name: String,
+    candidates: Vec<Candidate<In, Out>>,
+    policy: SelectionPolicy,
+    timeout: Option<Duration>,
+}
+
+impl<In, Out> Parallel<In, Out>
+where
+    In: Send + Sync + 'static,
+    Out: Send + Sync + 'static,
+{
+    /// Adds a synchronous candidate (run on the blocking pool by default).
     #[must_use]
-    pub fn shared_model(mut self, model: Arc<dyn Model<T>>) -> Self {
-        self.models.push(model);
+    pub fn model(mut self, model: impl Model<In, Out>) -> Self {
+        self.candidates.push(Candidate::sync(model));
         self
     }
 
-    /// Sets how a parallel stage selects its output (ignored by sequential
-    /// stages).
+    /// Adds an asynchronous candidate (polled on the calling task, cancelled
+    /// at the stage's timeout).
+    #[must_use]
+    pub fn async_model(mut self, model: impl AsyncModel<In, Out>) -> Self {
+        self.candidates.push(Candidate::asynchronous(model));
+        self
+    }
+
+    /// Sets how the stage selects its output.
     #[must_use]
     pub fn select(mut self, policy: SelectionPolicy) -> Self {
         self.policy = policy;
         self
     }
 
-    /// Sets the time each model of the stage may take. A model that takes
-    /// longer is recorded with the `timeout` outcome and its output dropped.
+    /// Sets the time the candidates may take, from the stage's start. A
+    /// candidate that takes longer is recorded with the `timeout` outcome and
+    /// its output dropped; an async one is cancelled.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+impl<In, Out> From<Parallel<In, Out>> for Stage<In, Out>
+where
+    In: Send + Sync + 'static,
+    Out: Send + Sync + 'static,
+{
+    fn from(stage: Parallel<In, Out>) -> Self {
+        Stage {
+            bind: Box::new(move |binder: &Binder| {
+                binder.begin_stage(&stage.name, StageKind::Parallel)?;
+                let models = stage
+                    .candidates
+                    .into_iter()
+                    .map(|c| binder.bind(c))
+                    .collect::<Result<Vec<_>, _>>()?;
+                binder.end_stage()?;
+                Ok(Box::new(BoundParallel {
+                    name: stage.name,
+                    policy: stage.policy,
+                    timeout: stage.timeout,
+                    models,
+                }) as Box<dyn StageChain<In, Out>>)
+            }),
+        }
+    }
+}
+
+/// A sequential stage being built, from `In` to the current `Out`.
+pub struct Sequential<In, Out> {
+    name: String,
+    timeout: Option<Duration>,
+    links: BindLinks<In, Out>,
+}
+
+impl<In, Out> Sequential<In, Out>
+where
+    In: Send + Sync + 'static,
+    Out: Send + Sync + 'static,
+{
+    /// Appends a synchronous model that takes the current output; the stage
+    /// now ends in the model's output type.
+    pub fn model<Next: Send + Sync + 'static>(
+        self,
+        model: impl Model<Out, Next>,
+    ) -> Sequential<In, Next> {
+        self.link(Candidate::sync(model))
+    }
+
+    /// Appends an asynchronous model that takes the current output.
+    pub fn async_model<Next: Send + Sync + 'static>(
+        self,
+        model: impl AsyncModel<Out, Next>,
+    ) -> Sequential<In, Next> {
+        self.link(Candidate::asynchronous(model))
+    }
+
+    /// Appends a plain function step (no confidence).
+    pub fn step<Next: Send + Sync + 'static>(
+        self,
+        name: impl Into<String>,
+        f: impl Fn(&Out) -> Result<Next, ModelError> + Send + Sync + 'static,
+    ) -> Sequential<In, Next> {
+        self.link(Candidate::step(name.into(), f))
+    }
+
+    /// Sets the time each model of the stage may take, from its own start.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
     }
 
-    /// The stage's name.
-    pub fn name(&self) -> &str {
-        &self.name
+    fn link<Next: Send + Sync + 'static>(
+        self,
+        candidate: Candidate<Out, Next>,
+    ) -> Sequential<In, Next> {
+        let first = self.links;
+        Sequential {
+            name: self.name,
+            timeout: self.timeout,
+            links: Box::new(move |binder: &Binder| {
+                let first = first(binder)?;
+                let second: Box<dyn LinkChain<Out, Next>> = Box::new(binder.bind(candidate)?);
+                Ok(Box::new(LinkThen { first, second }) as Box<dyn LinkChain<In, Next>>)
+            }),
+        }
+    }
+}
+
+impl<In, Out> From<Sequential<In, Out>> for Stage<In, Out>
+where
+    In: Send + Sync + 'static,
+    Out: Send + Sync + 'static,
+{
+    fn from(stage: Sequential<In, Out>) -> Self {
+        Stage {
+            bind: Box::new(move |binder: &Binder| {
+                binder.begin_stage(&stage.name, StageKind::Sequential)?;
+                let chain = (stage.links)(binder)?;
+                binder.end_stage()?;
+                Ok(Box::new(BoundSequential {
+                    name: stage.name,
+                    timeout: stage.timeout,
+                    chain,
+                }) as Box<dyn StageChain<In, Out>>)
+            }),
+        }
+    }
+}
+
+fn stage_span(env: &Env, name: &str, kind: StageKind) -> Span {
+    tracing::info_span!(
+        "stage.run",
+        pipeline.name = env.pipeline.as_str(),
+        stage.name = name,
+        stage.kind = kind.as_str(),
+        stage.selected_model = field::Empty,
+        otel.status_code = field::Empty,
+        otel.status_description = field::Empty,
+    )
+}
+
+/// Records the stage's outcome on its span and hands the report on.
+fn finish_stage<Out>(
+    span: &Span,
+    report: StageReport,
+    output: Option<Out>,
+    reports: &mut Vec<StageReport>,
+) -> Option<Out> {
+    match (&report.selected_model, &output) {
+        (Some(selected), Some(_)) => {
+            span.record("stage.selected_model", selected.as_str());
+        }
+        _ => {
+            span.record("otel.status_code", "ERROR");
+            span.record(
+                "otel.status_description",
+                format!("no model of stage `{}` succeeded", report.stage).as_str(),
+            );
+        }
+    }
+    reports.push(report);
+    output
+}
+
+struct BoundParallel<In, Out> {
+    name: String,
+    policy: SelectionPolicy,
+    timeout: Option<Duration>,
+    models: Vec<BoundModel<In, Out>>,
+}
+
+impl<In, Out> StageChain<In, Out> for BoundParallel<In, Out>
+where
+    In: Send + Sync + 'static,
+    Out: Send + Sync + 'static,
+{
+    fn run<'a>(
+        &'a self,
+        env: &'a Env,
+        input: In,
+        reports: &'a mut Vec<StageReport>,
+    ) -> BoxFuture<'a, Option<Out>> {
+        Box::pin(async move {
+            let span = stage_span(env, &self.name, StageKind::Parallel);
+            let started = Instant::now();
+            let input = Arc::new(input);
+            let spans: Vec<Span> = self
+                .models
+                .iter()
+                .map(|m| m.span(&span, &self.name))
+                .collect();
+            let execs = futures_util::future::join_all(
+                self.models
+                    .iter()
+                    .zip(&spans)
+                    .map(|(m, s)| m.execute(env, &input, s, started, self.timeout)),
+            )
+            .await;
+            drop(input);
+            let ran: Vec<Ran<Out>> = self
+                .models
+                .iter()
+                .zip(&spans)
+                .zip(execs)
+                .map(|((m, s), exec)| m.record(&self.name, s, exec, self.timeout))
+                .collect();
+            drop(spans);
+            let (models, mut predictions): (Vec<ModelReport>, Vec<Option<Prediction<Out>>>) =
+                ran.into_iter().map(|r| (r.report, r.prediction)).unzip();
+            let chosen = select(self.policy, &predictions)
+                .and_then(|i| predictions.swap_remove(i).map(|p| (i, p)));
+            if let Some((index, prediction)) = &chosen {
+                let model = &self.models[*index];
+                model.metrics.selected();
+                span.in_scope(|| {
+                    tracing::info!(
+                        stage.name = self.name.as_str(),
+                        model.name = model.name(),
+                        model.confidence = prediction.confidence,
+                        candidates = self.models.len(),
+                        survivors = models
+                            .iter()
+                            .filter(|r| r.outcome == Outcome::Success)
+                            .count(),
+                        "model selected"
+                    );
+                });
+            }
+            let report = StageReport {
+                stage: self.name.clone(),
+                kind: StageKind::Parallel,
+                selected_model: chosen
+                    .as_ref()
+                    .map(|(i, _)| self.models[*i].name().to_owned()),
+                models,
+                duration: started.elapsed(),
+            };
+            finish_stage(&span, report, chosen.map(|(_, p)| p.output), reports)
+        })
+    }
+}
+
+struct BoundSequential<In, Out> {
+    name: String,
+    timeout: Option<Duration>,
+    chain: Box<dyn LinkChain<In, Out>>,
+}
+
+impl<In, Out> StageChain<In, Out> for BoundSequential<In, Out>
+where
+    In: Send + Sync + 'static,
+    Out: Send + Sync + 'static,
+{
+    fn run<'a>(
+        &'a self,
+        env: &'a Env,
+        input: In,
+        reports: &'a mut Vec<StageReport>,
+    ) -> BoxFuture<'a, Option<Out>> {
+        Box::pin(async move {
+            let span = stage_span(env, &self.name, StageKind::Sequential);
+            let started = Instant::now();
+            let ctx = LinkCtx {
+                stage: &self.name,
+                span: &span,
+                timeout: self.timeout,
+            };
+            let mut models = Vec::new();
+            let output = self.chain.run(env, &ctx, input, &mut models).await;
+            let report = StageReport {
+                stage: self.name.clone(),
+                kind: StageKind::Sequential,
+                selected_model: output
+                    .as_ref()
+                    .and_then(|_| models.last())
+                    .map(|m| m.model_name.clone()),
+                models,
+                duration: started.elapsed(),
+            };
+            finish_stage(&span, report, output, reports)
+        })
+    }
+}
+
+/// The index of the selected candidate, if any succeeded.
+pub(crate) fn select<T>(
+    policy: SelectionPolicy,
+    predictions: &[Option<Prediction<T>>],
+) -> Option<usize> {
+    let mut survivors = predictions
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.as_ref().map(|p| (i, p.confidence)));
+    match policy {
+        SelectionPolicy::FirstSuccess => survivors.next().map(|(i, _)| i),
+        SelectionPolicy::HighestConfidence => survivors
+            .fold(None, |best: Option<(usize, f64)>, (i, c)| match best {
+                Some((_, b)) if b >= c => best,
+                _ => Some((i, c)),
+            })
+            .map(|(i, _)| i),
     }
 }

@@ -3,8 +3,15 @@
 
 use std::time::Duration;
 
+use tracing::Instrument as _;
+
 use super::*;
 use crate::telemetry::{encode_metrics, metrics_provider};
+
+/// The stages of a test pipeline, parallel or sequential.
+macro_rules! stages {
+    ($($stage:expr),* $(,)?) => { vec![$(Stage::from($stage)),*] };
+}
 
 /// Input and output of the test pipelines: the models that touched the value.
 type Trail = Vec<String>;
@@ -25,7 +32,7 @@ fn model(name: &'static str, behaviour: Behaviour) -> TestModel {
     TestModel { name, behaviour }
 }
 
-impl Model<Trail> for TestModel {
+impl Model<Trail, Trail> for TestModel {
     fn name(&self) -> &str {
         self.name
     }
@@ -50,11 +57,11 @@ impl Model<Trail> for TestModel {
 struct Harness {
     registry: prometheus::Registry,
     _provider: opentelemetry_sdk::metrics::SdkMeterProvider,
-    pipeline: Pipeline<Trail>,
+    pipeline: Pipeline<Trail, Trail>,
 }
 
 impl Harness {
-    fn new(stages: Vec<Stage<Trail>>, execution: Execution) -> Result<Self, BuildError> {
+    fn new(stages: Vec<Stage<Trail, Trail>>, execution: Execution) -> Result<Self, BuildError> {
         let (registry, provider) =
             metrics_provider(opentelemetry_sdk::Resource::builder_empty().build()).unwrap();
         let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "test");
@@ -86,7 +93,7 @@ impl Harness {
     }
 }
 
-fn lighting(models: Vec<TestModel>) -> Stage<Trail> {
+fn lighting(models: Vec<TestModel>) -> Parallel<Trail, Trail> {
     models
         .into_iter()
         .fold(Stage::parallel("choose"), |s, m| s.model(m))
@@ -96,7 +103,7 @@ fn lighting(models: Vec<TestModel>) -> Stage<Trail> {
 #[tokio::test]
 async fn highest_confidence_wins_and_ties_go_to_the_first_declared() {
     let h = Harness::new(
-        vec![lighting(vec![
+        stages![lighting(vec![
             model("low", Behaviour::Confident(0.3)),
             model("high", Behaviour::Confident(0.9)),
             model("also_high", Behaviour::Confident(0.9)),
@@ -150,7 +157,7 @@ async fn highest_confidence_wins_and_ties_go_to_the_first_declared() {
 #[tokio::test]
 async fn first_success_policy_takes_declaration_order() {
     let h = Harness::new(
-        vec![lighting(vec![
+        stages![lighting(vec![
             model("broken", Behaviour::Fails),
             model("modest", Behaviour::Confident(0.2)),
             model("great", Behaviour::Confident(0.95)),
@@ -167,7 +174,7 @@ async fn first_success_policy_takes_declaration_order() {
 async fn failing_panicking_and_slow_candidates_are_outcomes_and_survivors_compete() {
     for execution in [Execution::Offload, Execution::Inline] {
         let h = Harness::new(
-            vec![lighting(vec![
+            stages![lighting(vec![
                 model("errs", Behaviour::Fails),
                 model("panics", Behaviour::Panics),
                 model("slow", Behaviour::Sleeps(Duration::from_millis(600))),
@@ -226,7 +233,7 @@ async fn failing_panicking_and_slow_candidates_are_outcomes_and_survivors_compet
 #[tokio::test]
 async fn offloaded_timeout_does_not_wait_for_the_slow_model() {
     let h = Harness::new(
-        vec![lighting(vec![
+        stages![lighting(vec![
             model("slow", Behaviour::Sleeps(Duration::from_secs(2))),
             model("fast", Behaviour::Confident(0.7)),
         ])],
@@ -247,7 +254,7 @@ async fn offloaded_timeout_does_not_wait_for_the_slow_model() {
 #[tokio::test]
 async fn a_stage_with_no_survivor_fails_the_run_naming_stage_and_models() {
     let h = Harness::new(
-        vec![
+        stages![
             lighting(vec![
                 model("errs", Behaviour::Fails),
                 model("panics", Behaviour::Panics),
@@ -289,7 +296,7 @@ async fn a_stage_with_no_survivor_fails_the_run_naming_stage_and_models() {
 #[tokio::test]
 async fn sequential_models_see_the_previous_output_and_a_failure_stops_the_chain() {
     let h = Harness::new(
-        vec![Stage::sequential("chain")
+        stages![Stage::sequential("chain")
             .model(model("first", Behaviour::Confident(0.8)))
             .model(model("second", Behaviour::Confident(0.6)))],
         Execution::Offload,
@@ -300,7 +307,7 @@ async fn sequential_models_see_the_previous_output_and_a_failure_stops_the_chain
     assert_eq!(report.stages[0].selected_model.as_deref(), Some("second"));
 
     let h = Harness::new(
-        vec![Stage::sequential("chain")
+        stages![Stage::sequential("chain")
             .model(model("first", Behaviour::Fails))
             .model(model("second", Behaviour::Confident(0.6)))],
         Execution::Inline,
@@ -319,17 +326,17 @@ async fn sequential_models_see_the_previous_output_and_a_failure_stops_the_chain
 
 #[test]
 fn build_rejects_empty_and_ambiguous_pipelines() {
-    let empty = Harness::new(vec![Stage::parallel("nothing")], Execution::Inline);
+    let empty = Harness::new(stages![Stage::parallel("nothing")], Execution::Inline);
     assert_eq!(
         empty.err(),
         Some(BuildError::EmptyStage {
             stage: "nothing".into()
         })
     );
-    let none = Harness::new(vec![], Execution::Inline);
+    let none = Harness::new(stages![], Execution::Inline);
     assert!(matches!(none.err(), Some(BuildError::NoStages { .. })));
     let dup = Harness::new(
-        vec![lighting(vec![
+        stages![lighting(vec![
             model("twin", Behaviour::Fails),
             model("twin", Behaviour::Fails),
         ])],
@@ -337,7 +344,7 @@ fn build_rejects_empty_and_ambiguous_pipelines() {
     );
     assert!(matches!(dup.err(), Some(BuildError::DuplicateModel { .. })));
     let dup_stage = Harness::new(
-        vec![
+        stages![
             lighting(vec![model("a", Behaviour::Fails)]),
             lighting(vec![model("b", Behaviour::Fails)]),
         ],
@@ -352,7 +359,7 @@ fn build_rejects_empty_and_ambiguous_pipelines() {
 #[tokio::test]
 async fn confidence_outside_the_unit_interval_is_clamped() {
     let h = Harness::new(
-        vec![lighting(vec![
+        stages![lighting(vec![
             model("over", Behaviour::Confident(1.7)),
             model("nan", Behaviour::Confident(f64::NAN)),
         ])],
@@ -362,4 +369,398 @@ async fn confidence_outside_the_unit_interval_is_clamped() {
     let report = h.pipeline.run(Vec::new()).await.unwrap();
     assert_eq!(report.stages[0].models[0].confidence, Some(1.0));
     assert_eq!(report.stages[0].models[1].confidence, Some(0.0));
+}
+
+/// An async candidate: sleeps `delay` on the timer, then answers; records
+/// whether it was dropped before finishing (cancelled).
+struct Remote {
+    name: &'static str,
+    delay: Duration,
+    confidence: f64,
+    cancelled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AsyncModel<Trail, Trail> for Remote {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn version(&self) -> &str {
+        "2.0.0"
+    }
+    async fn run(&self, input: &Trail) -> Result<Prediction<Trail>, ModelError> {
+        struct Flag<'a>(&'a std::sync::atomic::AtomicBool, bool);
+        impl Drop for Flag<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+        let mut flag = Flag(&self.cancelled, false);
+        tokio::time::sleep(self.delay).await;
+        flag.1 = true;
+        let mut trail = input.clone();
+        trail.push(self.name.to_owned());
+        Ok(Prediction::new(trail, self.confidence))
+    }
+}
+
+fn remote(name: &'static str, delay_ms: u64, confidence: f64) -> Remote {
+    Remote {
+        name,
+        delay: Duration::from_millis(delay_ms),
+        confidence,
+        cancelled: Default::default(),
+    }
+}
+
+#[tokio::test]
+async fn sync_and_async_candidates_compete_and_a_slow_async_one_is_cancelled() {
+    for execution in [Execution::Offload, Execution::Inline] {
+        let slow = remote("remote_slow", 5_000, 1.0);
+        let cancelled = std::sync::Arc::clone(&slow.cancelled);
+        let h = Harness::new(
+            stages![Stage::parallel("choose")
+                .model(model("local", Behaviour::Confident(0.6)))
+                .async_model(remote("remote_fast", 10, 0.8))
+                .async_model(slow)
+                .timeout(Duration::from_millis(200))],
+            execution,
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let report = h.pipeline.run(Vec::new()).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2), "{execution:?}");
+        let outcomes: Vec<Outcome> = report.stages[0].models.iter().map(|m| m.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [Outcome::Success, Outcome::Success, Outcome::Timeout],
+            "{execution:?}"
+        );
+        assert_eq!(report.output, ["remote_fast"]);
+        assert!(
+            cancelled.load(std::sync::atomic::Ordering::SeqCst),
+            "the timed-out async model was dropped, not left running"
+        );
+        assert_eq!(
+            h.value(
+                "ml_model_executions_total",
+                &[("model_name", "remote_slow"), ("outcome", "timeout")]
+            ),
+            Some(1.0)
+        );
+    }
+}
+
+/// Text in, a count of words out, then a label: every stage changes type.
+#[tokio::test]
+async fn stages_change_type_and_steps_record_duration_without_confidence() {
+    struct Sizer;
+    impl Model<Vec<String>, usize> for Sizer {
+        fn name(&self) -> &str {
+            "sizer"
+        }
+        fn version(&self) -> &str {
+            "1"
+        }
+        fn run(&self, words: &Vec<String>) -> Result<Prediction<usize>, ModelError> {
+            Ok(Prediction::new(words.len(), 0.75))
+        }
+    }
+    let (registry, provider) =
+        metrics_provider(opentelemetry_sdk::Resource::builder_empty().build()).unwrap();
+    let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "test");
+    let pipeline: Pipeline<String, &'static str> = Pipeline::builder("words")
+        .meter(meter)
+        .step("split", |text: &String| {
+            Ok(text.split_whitespace().map(str::to_owned).collect())
+        })
+        .stage(Stage::parallel("size").model(Sizer))
+        .stage(
+            Stage::sequential("label")
+                .step("double", |n: &usize| Ok(n * 2))
+                .step("name", |n: &usize| {
+                    Ok(if *n > 4 { "long" } else { "short" })
+                }),
+        )
+        .build()
+        .unwrap();
+    let report = pipeline.run("three little words".to_owned()).await.unwrap();
+    assert_eq!(report.output, "long");
+    let kinds: Vec<(&str, Option<&str>)> = report
+        .stages
+        .iter()
+        .map(|s| (s.stage.as_str(), s.selected_model.as_deref()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("split", Some("split")),
+            ("size", Some("sizer")),
+            ("label", Some("name"))
+        ]
+    );
+    assert_eq!(report.stages[0].models[0].confidence, None);
+    assert_eq!(report.stages[1].models[0].confidence, Some(0.75));
+    let text = encode_metrics(&registry);
+    assert!(
+        text.contains(r#"ml_model_execution_duration_seconds_count{model_name="split",pipeline="words",stage="split"} 1"#),
+        "{text}"
+    );
+    assert!(
+        !text.contains(r#"ml_model_confidence_count{model_name="split""#),
+        "steps report no confidence: {text}"
+    );
+    assert!(
+        !text.contains(r#"ml_model_loaded{model_name="split""#),
+        "steps are not models"
+    );
+    let listed: Vec<(String, ModelKind)> = pipeline
+        .stages()
+        .into_iter()
+        .flat_map(|s| s.models.into_iter().map(|m| (m.name, m.kind)))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("split".to_owned(), ModelKind::Step),
+            ("sizer".to_owned(), ModelKind::Sync),
+            ("double".to_owned(), ModelKind::Step),
+            ("name".to_owned(), ModelKind::Step),
+        ]
+    );
+}
+
+/// A model whose load step fails until `ready` is set.
+struct Warming {
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    loads: std::sync::atomic::AtomicUsize,
+}
+
+impl Model<Trail, Trail> for Warming {
+    fn name(&self) -> &str {
+        "warming"
+    }
+    fn version(&self) -> &str {
+        "3.1"
+    }
+    fn load(&self) -> Result<(), ModelError> {
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.ready.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(ModelError::Unavailable("weights not there yet".into()))
+        }
+    }
+    fn run(&self, input: &Trail) -> Result<Prediction<Trail>, ModelError> {
+        Ok(Prediction::new(input.clone(), 0.9))
+    }
+}
+
+#[tokio::test]
+async fn model_loaded_is_zero_until_the_load_step_succeeds_and_zero_after_a_failure() {
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let h = Harness::new(
+        stages![Stage::parallel("choose")
+            .model(Warming {
+                ready: std::sync::Arc::clone(&ready),
+                loads: Default::default(),
+            })
+            .model(model("steady", Behaviour::Confident(0.5)))],
+        Execution::Offload,
+    )
+    .unwrap();
+    let loaded = |h: &Harness, m: &str| h.value("ml_model_loaded", &[("model_name", m)]);
+    assert_eq!(loaded(&h, "warming"), Some(0.0), "not loaded before load");
+    assert!(!h.pipeline.is_loaded());
+
+    let err = h.pipeline.load().await.unwrap_err();
+    assert_eq!(err.failures.len(), 1);
+    assert!(err.to_string().contains("warming"), "{err}");
+    assert_eq!(loaded(&h, "warming"), Some(0.0));
+    assert_eq!(loaded(&h, "steady"), Some(1.0));
+    let info = &h.pipeline.stages()[0].models[0];
+    assert!(!info.loaded);
+    assert!(info.load_error.as_deref().unwrap().contains("weights"));
+
+    // A run does not retry a failed load on the request path: the model is
+    // an outcome, the other candidate wins.
+    let report = h.pipeline.run(Vec::new()).await.unwrap();
+    assert_eq!(report.stages[0].models[0].outcome, Outcome::Error);
+    assert_eq!(
+        h.value(
+            "ml_model_errors_total",
+            &[("model_name", "warming"), ("error_type", "not_loaded")]
+        ),
+        Some(1.0)
+    );
+
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    h.pipeline.load_missing().await.unwrap();
+    assert_eq!(loaded(&h, "warming"), Some(1.0));
+    assert!(h.pipeline.is_loaded());
+
+    ready.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(h.pipeline.load().await.is_err(), "a failed reload");
+    assert_eq!(
+        loaded(&h, "warming"),
+        Some(0.0),
+        "0 again after a failed load"
+    );
+}
+
+#[tokio::test]
+async fn a_model_that_was_never_loaded_loads_before_its_first_run() {
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let h = Harness::new(
+        stages![Stage::sequential("one").model(Warming {
+            ready,
+            loads: Default::default(),
+        })],
+        Execution::Inline,
+    )
+    .unwrap();
+    assert_eq!(
+        h.value("ml_model_loaded", &[("model_name", "warming")]),
+        Some(0.0)
+    );
+    h.pipeline.run(Vec::new()).await.unwrap();
+    h.pipeline.run(Vec::new()).await.unwrap();
+    assert_eq!(
+        h.value(
+            "ml_model_loaded",
+            &[("model_name", "warming"), ("model_version", "3.1")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn two_pipelines_with_the_same_model_names_keep_separate_series() {
+    let (registry, provider) =
+        metrics_provider(opentelemetry_sdk::Resource::builder_empty().build()).unwrap();
+    let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "test");
+    let build = |name: &str, behaviour| {
+        Pipeline::builder(name)
+            .meter(meter.clone())
+            .stage(Stage::parallel("choose").model(model("twin", behaviour)))
+            .build()
+            .unwrap()
+    };
+    let good = build("good", Behaviour::Confident(0.9));
+    let bad = build("bad", Behaviour::Fails);
+    good.run(Vec::new()).await.unwrap();
+    bad.run(Vec::new()).await.unwrap_err();
+    let text = encode_metrics(&registry);
+    for line in [
+        r#"ml_model_executions_total{model_name="twin",outcome="success",pipeline="good",stage="choose"} 1"#,
+        r#"ml_model_executions_total{model_name="twin",outcome="error",pipeline="good",stage="choose"} 0"#,
+        r#"ml_model_executions_total{model_name="twin",outcome="error",pipeline="bad",stage="choose"} 1"#,
+        r#"ml_model_errors_total{error_type="computation",model_name="twin",pipeline="bad"} 1"#,
+        r#"ml_model_confidence_score{model_name="twin",pipeline="good"} 0.9"#,
+    ] {
+        assert!(text.contains(line), "missing {line}:\n{text}");
+    }
+}
+
+/// A span's name and its parent's name.
+type NameAndParent = (String, Option<String>);
+
+/// Collects, for every span, its name and its parent's name.
+#[derive(Clone, Default)]
+struct Parents(std::sync::Arc<std::sync::Mutex<Vec<NameAndParent>>>);
+
+impl<S> tracing_subscriber::Layer<S> for Parents
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let parent = ctx
+            .span(id)
+            .and_then(|s| s.parent())
+            .map(|p| p.name().to_owned());
+        self.0
+            .lock()
+            .unwrap()
+            .push((attrs.metadata().name().to_owned(), parent));
+    }
+}
+
+/// A sync model and an async model that open spans of their own.
+struct Chatty;
+
+impl Model<Trail, Trail> for Chatty {
+    fn name(&self) -> &str {
+        "chatty_sync"
+    }
+    fn version(&self) -> &str {
+        "1"
+    }
+    fn run(&self, input: &Trail) -> Result<Prediction<Trail>, ModelError> {
+        let _inner = tracing::info_span!("sync.inner").entered();
+        Ok(Prediction::new(input.clone(), 0.5))
+    }
+}
+
+impl AsyncModel<Trail, Trail> for Chatty {
+    fn name(&self) -> &str {
+        "chatty_async"
+    }
+    fn version(&self) -> &str {
+        "1"
+    }
+    async fn run(&self, input: &Trail) -> Result<Prediction<Trail>, ModelError> {
+        async { tokio::task::yield_now().await }
+            .instrument(tracing::info_span!("async.inner"))
+            .await;
+        Ok(Prediction::new(input.clone(), 0.5))
+    }
+}
+
+#[test]
+fn a_models_own_spans_are_children_of_its_model_run_span() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let parents = Parents::default();
+    let subscriber = tracing_subscriber::registry().with(parents.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    for execution in [Execution::Offload, Execution::Inline] {
+        // A current-thread runtime keeps the subscriber (a thread default)
+        // on the polling thread; offloaded models run on the blocking pool,
+        // where the span carries its own dispatcher.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let pipeline = Pipeline::builder("spans")
+            .execution(execution)
+            .stage(
+                Stage::parallel("both")
+                    .model(Chatty)
+                    .async_model(Chatty)
+                    .timeout(Duration::from_secs(5)),
+            )
+            .build()
+            .unwrap();
+        runtime.block_on(pipeline.run(Vec::new())).unwrap();
+        let seen = parents.0.lock().unwrap().clone();
+        for (inner, expected) in [
+            ("sync.inner", Some("model.run")),
+            ("async.inner", Some("model.run")),
+            ("model.run", Some("stage.run")),
+            ("stage.run", Some("pipeline.run")),
+        ] {
+            let found = seen.iter().find(|(n, _)| n == inner);
+            assert_eq!(
+                found.map(|(_, p)| p.as_deref()),
+                Some(expected),
+                "{execution:?}: {seen:?}"
+            );
+        }
+        parents.0.lock().unwrap().clear();
+    }
 }

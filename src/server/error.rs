@@ -6,6 +6,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use opentelemetry::trace::TraceContextExt as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::input::{FieldError, InputError};
 use crate::pipeline::RunError;
 
 /// The cause of a 5xx, attached to the response for the HTTP layer to log
@@ -23,7 +27,7 @@ pub enum ApiError {
         /// The parser's message.
         message: String,
     },
-    /// A field is missing, of the wrong type, or out of range.
+    /// A field is missing, of the wrong type, or fails validation (422).
     #[error("invalid field `{field}`: {message}")]
     InvalidField {
         /// JSON path of the field, such as `obstacles[2].x`.
@@ -54,6 +58,14 @@ pub enum ApiError {
     /// No such route.
     #[error("no route for this path")]
     NotFound,
+    /// No pipeline of this name is served.
+    #[error("no pipeline named `{name}`; served: {}", served.join(", "))]
+    UnknownPipeline {
+        /// The name in the path.
+        name: String,
+        /// The names that are served.
+        served: Vec<String>,
+    },
     /// The route exists but not for this method.
     #[error("method not allowed on this path")]
     MethodNotAllowed,
@@ -63,12 +75,13 @@ impl ApiError {
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MalformedJson { .. } | Self::InvalidField { .. } => StatusCode::BAD_REQUEST,
+            Self::MalformedJson { .. } => StatusCode::BAD_REQUEST,
+            Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Body { status, .. } => *status,
             Self::PipelineFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Timeout(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::UnknownPipeline { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -87,9 +100,36 @@ impl ApiError {
             Self::Timeout(_) => "request_timeout",
             Self::Unavailable(_) => "unavailable",
             Self::NotFound => "not_found",
+            Self::UnknownPipeline { .. } => "unknown_pipeline",
             Self::MethodNotAllowed => "method_not_allowed",
         }
     }
+}
+
+impl From<InputError> for ApiError {
+    fn from(e: InputError) -> Self {
+        match e {
+            InputError::Malformed(message) => Self::MalformedJson { message },
+            InputError::Field(e) => e.into(),
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        Self::InvalidField {
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
+/// The trace id of the current span, when it has a valid OTel context.
+pub(crate) fn current_trace_id() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
 impl IntoResponse for ApiError {
@@ -100,21 +140,27 @@ impl IntoResponse for ApiError {
             Self::InvalidField { field, .. } => {
                 error["field"] = json!(field);
             }
+            Self::UnknownPipeline { served, .. } => {
+                error["served"] = json!(served);
+            }
             Self::PipelineFailed(RunError::StageFailed {
-                stage,
-                failures,
-                trace_id,
-                ..
+                stage, failures, ..
             }) => {
                 error["stage"] = json!(stage);
                 error["models"] = json!(failures
                     .iter()
                     .map(|f| json!({"model": f.model, "outcome": f.outcome, "message": f.message}))
                     .collect::<Vec<_>>());
-                error["trace_id"] = json!(trace_id);
             }
             _ => {}
         }
+        // Every error names its trace, so a caller's report can be found in
+        // Jaeger and Loki: the run's own, or the request span's.
+        let trace_id = match &self {
+            Self::PipelineFailed(e) => e.trace_id().map(str::to_owned),
+            _ => current_trace_id(),
+        };
+        error["trace_id"] = json!(trace_id);
         let mut response = (status, Json(json!({ "error": error }))).into_response();
         if status.is_server_error() {
             response

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use opentelemetry::metrics::{Histogram, Meter, UpDownCounter};
 use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::KeyValue;
 use tracing::{field, Instrument};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -96,7 +97,27 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The middleware: span, metrics, timeout, 5xx logging.
+/// The W3C Trace Context (level 2) response header naming the request's
+/// trace: `00-{trace id}-{span id}-{flags}`.
+pub(crate) const TRACERESPONSE: &str = "traceresponse";
+
+fn traceresponse(span: &tracing::Span) -> Option<HeaderValue> {
+    let cx = span.context();
+    let span_ref = cx.span();
+    let sc = span_ref.span_context();
+    if !sc.is_valid() {
+        return None;
+    }
+    HeaderValue::from_str(&format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8()
+    ))
+    .ok()
+}
+
+/// The middleware: span, metrics, timeout, 5xx logging, `traceresponse`.
 pub(crate) async fn observe(
     State(layer): State<Arc<HttpLayer>>,
     request: Request,
@@ -145,7 +166,7 @@ pub(crate) async fn observe(
         attrs: method_attr.clone(),
     };
     let started = Instant::now();
-    let response =
+    let mut response =
         match tokio::time::timeout(layer.timeout, next.run(request).instrument(span.clone())).await
         {
             Ok(response) => response,
@@ -168,6 +189,9 @@ pub(crate) async fn observe(
         .record(started.elapsed().as_secs_f64(), &attrs);
 
     span.record("http.response.status_code", status.as_u16());
+    if let Some(value) = traceresponse(&span) {
+        response.headers_mut().insert(TRACERESPONSE, value);
+    }
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
         let cause = response

@@ -1,11 +1,20 @@
-//! The HTTP service: the ceiling-layout pipeline over axum, with /health,
-//! /ready and /metrics.
+//! The instrumented HTTP service (cargo feature `server`): any number of
+//! named pipelines, each with its own serde input and output, at
+//! `POST /v1/pipelines/{name}/runs`, with `GET /v1/pipelines`, `/health`,
+//! `/ready` and `/metrics`; HTTP semantic-convention metrics, a server span
+//! per request continuing the caller's `traceparent`, JSON errors naming the
+//! field, a body limit, a request timeout and graceful shutdown.
+//!
+//! Run it standalone with [`run`] (or [`Server::serve`]), or mount
+//! [`Server::router`] in an existing axum app.
 
+mod endpoint;
 mod error;
 mod http_metrics;
 mod routes;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,116 +23,299 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use opentelemetry::metrics::Meter;
+use serde::Serialize;
 
+pub use crate::input::FieldError;
+pub use endpoint::Served;
 pub use error::ApiError;
-pub use routes::parse_room;
 
-use crate::ceiling::Layout;
-use crate::drift::DriftMonitor;
-use crate::pipeline::Pipeline;
+use crate::telemetry::{Telemetry, TelemetryError};
+use endpoint::Endpoint;
 use http_metrics::HttpLayer;
 
-/// The run route, as it appears in the `http_route` label.
-pub const RUNS_ROUTE: &str = "/v1/pipelines/ceiling-layout/runs";
-/// Largest accepted request body.
+/// The run route of every pipeline; `{name}` is the pipeline's name. Served
+/// pipelines get a route of their own (`/v1/pipelines/ceiling-layout/runs`),
+/// so `http_route` tells them apart; the template answers 404 for others.
+pub const RUNS_ROUTE: &str = "/v1/pipelines/{name}/runs";
+/// Default largest accepted request body.
 pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
-/// Longest a request may take before it is answered with 503.
+/// Default longest a request may take before it is answered with 503.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What /ready checks.
+/// The run route of the pipeline `name`.
+pub fn runs_route(name: &str) -> String {
+    RUNS_ROUTE.replace("{name}", name)
+}
+
+/// Why a server could not be built or could not serve.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// Two served pipelines share a name.
+    #[error("pipeline `{0}` is served twice")]
+    DuplicatePipeline(String),
+    /// A pipeline name cannot be a URL path segment.
+    #[error("pipeline name `{0}` must be letters, digits, `-`, `_` or `.` to be served")]
+    InvalidPipelineName(String),
+    /// The server has no pipeline to serve.
+    #[error("no pipeline to serve")]
+    NoPipelines,
+    /// The address cannot be bound, or serving failed.
+    #[error("cannot serve on {addr}: {source}")]
+    Io {
+        /// The listen address.
+        addr: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Telemetry could not be flushed at shutdown.
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+}
+
+/// What /ready checks besides the models.
 #[derive(Debug, Default)]
-pub struct Readiness {
-    telemetry_initialised: AtomicBool,
+pub(crate) struct Readiness {
     draining: AtomicBool,
 }
 
-impl Readiness {
-    /// Readiness with telemetry already initialised (or not).
-    pub fn new(telemetry_initialised: bool) -> Self {
-        Self {
-            telemetry_initialised: AtomicBool::new(telemetry_initialised),
-            draining: AtomicBool::new(false),
+/// Builds a [`Server`].
+pub struct ServerBuilder {
+    meter: Option<Meter>,
+    registry: Option<prometheus::Registry>,
+    endpoints: Vec<Arc<dyn Endpoint>>,
+    body_limit: usize,
+    request_timeout: Duration,
+}
+
+impl ServerBuilder {
+    /// Records HTTP metrics with the meter of `telemetry` and serves its
+    /// registry on /metrics.
+    #[must_use]
+    pub fn telemetry(self, telemetry: &Telemetry) -> Self {
+        self.meter(telemetry.meter())
+            .registry(telemetry.registry().clone())
+    }
+
+    /// Records HTTP metrics with this meter (default: the global meter).
+    #[must_use]
+    pub fn meter(mut self, meter: Meter) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
+    /// Serves this registry on /metrics (default: an empty one).
+    #[must_use]
+    pub fn registry(mut self, registry: prometheus::Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Serves a pipeline at `POST /v1/pipelines/{its name}/runs`: a
+    /// [`crate::Pipeline`] whose input is deserialisable, or a [`Served`] with
+    /// its own request type and validation.
+    #[must_use]
+    pub fn pipeline<In, Out>(mut self, served: impl Into<Served<In, Out>>) -> Self
+    where
+        In: Send + Sync + 'static,
+        Out: Serialize + Send + Sync + 'static,
+    {
+        self.endpoints.push(endpoint::erase(served.into()));
+        self
+    }
+
+    /// Sets the largest accepted request body (default 256 KiB); larger ones
+    /// are refused with 413 before they are read whole.
+    #[must_use]
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// Sets how long a request may take before it is answered with 503
+    /// (default 10 s).
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Checks the pipeline names and builds the server.
+    pub fn build(self) -> Result<Server, ServerError> {
+        if self.endpoints.is_empty() {
+            return Err(ServerError::NoPipelines);
         }
-    }
-
-    /// Marks the server as draining: /ready turns 503 so load balancers stop
-    /// sending traffic while in-flight requests finish.
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-    }
-
-    fn checks(&self, pipeline: &Pipeline<Layout>) -> [(&'static str, bool); 3] {
-        [
-            ("models_loaded", !pipeline.models().is_empty()),
-            (
-                "telemetry_initialised",
-                self.telemetry_initialised.load(Ordering::SeqCst),
-            ),
-            ("not_draining", !self.draining.load(Ordering::SeqCst)),
-        ]
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let name = e.name();
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(ServerError::InvalidPipelineName(name.to_owned()));
+            }
+            if self.endpoints[..i].iter().any(|o| o.name() == name) {
+                return Err(ServerError::DuplicatePipeline(name.to_owned()));
+            }
+        }
+        Ok(Server {
+            meter: self
+                .meter
+                .unwrap_or_else(|| opentelemetry::global::meter("pipelens")),
+            state: AppState {
+                endpoints: Arc::new(self.endpoints),
+                registry: self.registry.unwrap_or_default(),
+                readiness: Arc::new(Readiness::default()),
+            },
+            body_limit: self.body_limit,
+            request_timeout: self.request_timeout,
+            loading: Arc::new(AtomicBool::new(false)),
+        })
     }
 }
 
 /// Shared state of every handler.
 #[derive(Clone)]
-pub struct AppState {
-    pipeline: Pipeline<Layout>,
-    drift: Arc<DriftMonitor>,
+pub(crate) struct AppState {
+    endpoints: Arc<Vec<Arc<dyn Endpoint>>>,
     registry: prometheus::Registry,
     readiness: Arc<Readiness>,
 }
 
-impl AppState {
-    /// State over a built pipeline, its drift monitor, the metrics registry
-    /// served on /metrics, and the readiness flags.
-    pub fn new(
-        pipeline: Pipeline<Layout>,
-        drift: Arc<DriftMonitor>,
-        registry: prometheus::Registry,
-        readiness: Arc<Readiness>,
-    ) -> Self {
-        Self {
-            pipeline,
-            drift,
-            registry,
-            readiness,
+/// Serves named pipelines over HTTP. Build it with [`Server::builder`].
+pub struct Server {
+    meter: Meter,
+    state: AppState,
+    body_limit: usize,
+    request_timeout: Duration,
+    loading: Arc<AtomicBool>,
+}
+
+impl Server {
+    /// Starts building a server.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            meter: None,
+            registry: None,
+            endpoints: Vec::new(),
+            body_limit: BODY_LIMIT_BYTES,
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+
+    /// The service's routes with the HTTP layer (span, metrics, timeout) and
+    /// the body limit, to serve or to mount (`Router::merge`) in an existing
+    /// axum app. Inside a tokio runtime, the first call also starts loading
+    /// every model in the background, retrying failed loads with backoff
+    /// (1 s doubling to 30 s); /ready answers 503 until all have loaded.
+    pub fn router(&self) -> Router {
+        self.start_loading();
+        let http = Arc::new(HttpLayer::new(&self.meter, self.request_timeout));
+        let mut router = Router::new();
+        for endpoint in self.state.endpoints.iter() {
+            router = router.route(
+                &runs_route(endpoint.name()),
+                post(routes::create_run).with_state(Arc::clone(endpoint)),
+            );
+        }
+        router
+            .route(RUNS_ROUTE, post(routes::unknown_pipeline))
+            .route("/v1/pipelines", get(routes::list_pipelines))
+            .route("/health", get(routes::health))
+            .route("/ready", get(routes::ready))
+            .route("/metrics", get(routes::metrics))
+            .fallback(routes::not_found)
+            .method_not_allowed_fallback(routes::method_not_allowed)
+            .layer(DefaultBodyLimit::max(self.body_limit))
+            .layer(axum::middleware::from_fn_with_state(
+                http,
+                http_metrics::observe,
+            ))
+            .with_state(self.state.clone())
+    }
+
+    /// Whether every model of every served pipeline has loaded.
+    pub fn is_loaded(&self) -> bool {
+        self.state.endpoints.iter().all(|e| e.is_loaded())
+    }
+
+    /// Marks the server as draining: /ready turns 503 so load balancers stop
+    /// sending traffic while in-flight requests finish.
+    pub fn start_draining(&self) {
+        self.state.readiness.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then marks the server
+    /// as draining, stops accepting connections and lets in-flight requests
+    /// finish.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let readiness = Arc::clone(&self.state.readiness);
+        let router = self.router();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                readiness.draining.store(true, Ordering::SeqCst);
+                tracing::info!("shutdown signal received, draining in-flight requests");
+            })
+            .await
+    }
+
+    fn start_loading(&self) {
+        if self.loading.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            self.loading.store(false, Ordering::SeqCst);
+            return;
+        };
+        for endpoint in self.state.endpoints.iter() {
+            let endpoint = Arc::clone(endpoint);
+            handle.spawn(async move {
+                let mut backoff = Duration::from_secs(1);
+                while let Err(e) = endpoint.load_missing().await {
+                    tracing::warn!(
+                        error.message = %e,
+                        retry_in_s = backoff.as_secs(),
+                        "models not loaded; retrying"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            });
         }
     }
 }
 
-/// The service's routes with the HTTP layer (span, metrics, timeout) and the
-/// body limit. Tests drive it with `tower::ServiceExt::oneshot`.
-pub fn router(state: AppState, meter: &Meter) -> Router {
-    let http = Arc::new(HttpLayer::new(meter, REQUEST_TIMEOUT));
-    Router::new()
-        .route(RUNS_ROUTE, post(routes::create_run))
-        .route("/health", get(routes::health))
-        .route("/ready", get(routes::ready))
-        .route("/metrics", get(routes::metrics))
-        .fallback(routes::not_found)
-        .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(axum::middleware::from_fn_with_state(
-            http,
-            http_metrics::observe,
-        ))
-        .with_state(state)
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves, then lets
-/// in-flight requests finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
+/// Serves `server` on `addr` until Ctrl-C or SIGTERM, lets in-flight
+/// requests finish, then flushes and shuts down `telemetry` (off the async
+/// threads). The standalone way to run a service.
+pub async fn run(
+    server: Server,
+    addr: SocketAddr,
+    telemetry: Telemetry,
+) -> Result<(), ServerError> {
+    let io = |source| ServerError::Io {
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(io)?;
+    let local = listener.local_addr().map_err(io)?;
+    let pipelines: Vec<&str> = server.state.endpoints.iter().map(|e| e.name()).collect();
+    tracing::info!(address = %local, pipelines = ?pipelines, "pipelens listening");
+    let served = server.serve(listener, shutdown_signal()).await.map_err(io);
+    let flushed = tokio::task::spawn_blocking(move || telemetry.shutdown())
         .await
+        .unwrap_or_else(|e| Err(TelemetryError::Shutdown(e.to_string())));
+    served?;
+    flushed?;
+    Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM, after marking `readiness` as draining.
-pub async fn shutdown_signal(readiness: Arc<Readiness>) {
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -142,6 +334,4 @@ pub async fn shutdown_signal(readiness: Arc<Readiness>) {
         () = ctrl_c => {},
         () = terminate => {},
     }
-    readiness.start_draining();
-    tracing::info!("shutdown signal received, draining in-flight requests");
 }

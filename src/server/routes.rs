@@ -1,81 +1,20 @@
-//! Handlers: run the pipeline, health, readiness, metrics.
+//! Handlers: run a pipeline, list pipelines, health, readiness, metrics.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
 use serde_json::json;
 
+use super::endpoint::Endpoint;
 use super::error::ApiError;
 use super::AppState;
-use crate::ceiling::{Cell, Layout, Room};
-use crate::planner;
 use crate::telemetry::{encode_metrics, METRICS_CONTENT_TYPE};
-
-/// The body of `POST /v1/pipelines/ceiling-layout/runs`, in grid cells.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RoomRequest {
-    width: u32,
-    length: u32,
-    #[serde(default)]
-    obstacles: Vec<CellRequest>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CellRequest {
-    x: u32,
-    y: u32,
-}
-
-/// Parses and validates the JSON body of a run request into a room, naming
-/// the offending field on error.
-pub fn parse_room(body: &[u8]) -> Result<Room, ApiError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| ApiError::MalformedJson {
-            message: e.to_string(),
-        })?;
-    if !value.is_object() {
-        return Err(ApiError::InvalidField {
-            field: ".".to_owned(),
-            message: "expected a JSON object with width, length and obstacles".to_owned(),
-        });
-    }
-    let request: RoomRequest = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let message = e.inner().to_string();
-        // A missing field is reported at its parent; name the field itself
-        // so the caller knows what to fix.
-        let field = named_field(&message)
-            .map(|f| {
-                if path == "." {
-                    f.to_owned()
-                } else {
-                    format!("{path}.{f}")
-                }
-            })
-            .unwrap_or(path);
-        ApiError::InvalidField { field, message }
-    })?;
-    let obstacles = request
-        .obstacles
-        .into_iter()
-        .map(|c| Cell::new(c.x, c.y))
-        .collect();
-    Room::new(request.width, request.length, obstacles).map_err(|e| ApiError::InvalidField {
-        field: e.field(),
-        message: e.to_string(),
-    })
-}
-
-/// The field named in serde's "missing field `x`".
-fn named_field(message: &str) -> Option<&str> {
-    message.strip_prefix("missing field `")?.split('`').next()
-}
 
 fn is_json(headers: &HeaderMap) -> bool {
     headers
@@ -90,10 +29,10 @@ fn is_json(headers: &HeaderMap) -> bool {
         .unwrap_or(false)
 }
 
-/// `POST /v1/pipelines/ceiling-layout/runs`: plans the ceiling of the room in
-/// the body and returns the run report.
+/// `POST /v1/pipelines/{name}/runs` of a served pipeline: decodes and
+/// validates the body, runs the pipeline and returns its report.
 pub(crate) async fn create_run(
-    State(state): State<AppState>,
+    State(endpoint): State<Arc<dyn Endpoint>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -104,10 +43,40 @@ pub(crate) async fn create_run(
         status: e.status(),
         message: e.body_text(),
     })?;
-    let room = parse_room(&body)?;
-    state.drift.observe(&planner::features(&room));
-    let report = state.pipeline.run(Layout::empty(room)).await?;
-    Ok((StatusCode::OK, Json(report)).into_response())
+    endpoint.run(body).await
+}
+
+/// `POST /v1/pipelines/{name}/runs` for a name that is not served.
+pub(crate) async fn unknown_pipeline(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiError {
+    ApiError::UnknownPipeline {
+        name,
+        served: state
+            .endpoints
+            .iter()
+            .map(|e| e.name().to_owned())
+            .collect(),
+    }
+}
+
+/// `GET /v1/pipelines`: every served pipeline with its stages, models,
+/// versions and load state.
+pub(crate) async fn list_pipelines(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let pipelines: Vec<serde_json::Value> = state
+        .endpoints
+        .iter()
+        .map(|e| {
+            json!({
+                "name": e.name(),
+                "route": super::runs_route(e.name()),
+                "loaded": e.is_loaded(),
+                "stages": e.stages(),
+            })
+        })
+        .collect();
+    Json(json!({ "pipelines": pipelines }))
 }
 
 /// `GET /health`: the process is up and serving.
@@ -115,10 +84,31 @@ pub(crate) async fn health() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /ready`: 200 when models are loaded, telemetry is initialised and the
-/// server is not draining; 503 naming the failing checks otherwise.
+/// `GET /ready`: 200 when every model of every pipeline has loaded and the
+/// server is not draining; 503 naming the failing checks and the models that
+/// have not loaded otherwise.
 pub(crate) async fn ready(State(state): State<AppState>) -> Response {
-    let checks = state.readiness.checks(&state.pipeline);
+    let not_loaded: Vec<String> = state
+        .endpoints
+        .iter()
+        .flat_map(|e| {
+            let pipeline = e.name().to_owned();
+            e.stages().into_iter().flat_map(move |s| {
+                let pipeline = pipeline.clone();
+                s.models
+                    .into_iter()
+                    .filter(|m| !m.loaded)
+                    .map(move |m| format!("{pipeline}/{}", m.name))
+            })
+        })
+        .collect();
+    let checks = [
+        ("models_loaded", not_loaded.is_empty()),
+        (
+            "not_draining",
+            !state.readiness.draining.load(Ordering::SeqCst),
+        ),
+    ];
     let failing: Vec<&str> = checks
         .iter()
         .filter(|(_, ok)| !ok)
@@ -128,6 +118,7 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
         "status": if failing.is_empty() { "ready" } else { "not_ready" },
         "checks": checks.iter().map(|(n, ok)| (n.to_string(), json!(ok))).collect::<serde_json::Map<_, _>>(),
         "failing": failing,
+        "models_not_loaded": not_loaded,
     });
     let status = if failing.is_empty() {
         StatusCode::OK

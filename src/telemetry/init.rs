@@ -3,12 +3,10 @@
 //! provider behind the Prometheus exporter, and the W3C propagator.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
-use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -21,18 +19,15 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-use super::config::{ConfigError, LogFormat, OtlpTarget, Protocol, TelemetryConfig};
-use super::export_counts::Counted;
+use super::config::{ConfigError, LogFormat, TelemetryConfig};
 use super::json::JsonLayer;
+use super::otlp;
 
 /// Targets that must never feed the OTel layers: the exporters' own HTTP and
 /// gRPC stacks and the OTel crates' internal logs would otherwise export
 /// themselves in a loop. EnvFilter targets match by prefix.
 const OTEL_FEEDBACK_TARGETS: &str =
     "hyper=off,h2=off,tonic=off,tower=off,reqwest=off,opentelemetry=off";
-
-/// How long one OTLP export may take before it is given up.
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why telemetry could not be set up or shut down.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +44,16 @@ pub enum TelemetryError {
         /// The endpoint it was meant for.
         endpoint: String,
         /// The exporter's error.
-        source: opentelemetry_otlp::ExporterBuildError,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// OTLP export is configured but pipelens was built without its `otlp`
+    /// feature.
+    #[error("OTLP {signal} export to {endpoint} is configured, but pipelens was built without its `otlp` feature")]
+    OtlpNotBuilt {
+        /// `traces` or `logs`.
+        signal: &'static str,
+        /// The configured endpoint.
+        endpoint: String,
     },
     /// The Prometheus exporter could not be built or registered.
     #[error("cannot set up the Prometheus exporter: {0}")]
@@ -112,6 +116,7 @@ where
         LogFormat::Json => JsonLayer::new(writer).with_filter(fmt_filter).boxed(),
         LogFormat::Console => tracing_subscriber::fmt::layer()
             .with_writer(writer)
+            .event_format(WithTraceId(tracing_subscriber::fmt::format()))
             .with_filter(fmt_filter)
             .boxed(),
     });
@@ -123,12 +128,7 @@ where
             .with_resource(resource.clone())
             .with_sampler(config.sampler.to_sampler());
         if let Some(target) = &config.traces {
-            let component = match target.protocol {
-                Protocol::Grpc => "otlp_grpc_span_exporter",
-                Protocol::HttpProtobuf => "otlp_http_span_exporter",
-            };
-            let exporter = Counted::new(span_exporter(target)?, &meter, "span", component);
-            builder = builder.with_batch_exporter(exporter);
+            builder = builder.with_span_processor(otlp::span_processor(target, &meter)?);
         }
         let provider = builder.build();
         let tracer = provider.tracer("pipelens");
@@ -155,14 +155,9 @@ where
         tracer_provider = Some(provider);
 
         if let Some(target) = &config.logs {
-            let component = match target.protocol {
-                Protocol::Grpc => "otlp_grpc_log_exporter",
-                Protocol::HttpProtobuf => "otlp_http_log_exporter",
-            };
-            let exporter = Counted::new(log_exporter(target)?, &meter, "log", component);
             let provider = SdkLoggerProvider::builder()
                 .with_resource(resource)
-                .with_batch_exporter(exporter)
+                .with_log_processor(otlp::log_processor(target, &meter)?)
                 .build();
             layers.push(
                 OpenTelemetryTracingBridge::new(&provider)
@@ -188,6 +183,33 @@ where
         logger_provider,
         shut_down: AtomicBool::new(false),
     })
+}
+
+/// The console format with the event's trace id in front, so a console line
+/// can be matched with a response's `trace_id` and with the trace in Jaeger.
+struct WithTraceId<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceId<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use opentelemetry::trace::TraceContextExt as _;
+        let cx = opentelemetry::Context::current();
+        let span = cx.span();
+        let sc = span.span_context();
+        if sc.is_valid() {
+            write!(writer, "trace_id={} ", sc.trace_id())?;
+        }
+        self.0.format_event(ctx, writer, event)
+    }
 }
 
 /// A meter provider whose only reader is the Prometheus exporter, registered
@@ -230,50 +252,6 @@ fn env_filter(directives: &str) -> Result<EnvFilter, ConfigError> {
 
 fn otel_filter(directives: &str) -> Result<EnvFilter, ConfigError> {
     env_filter(&format!("{directives},{OTEL_FEEDBACK_TARGETS}"))
-}
-
-fn span_exporter(target: &OtlpTarget) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
-    let builder = opentelemetry_otlp::SpanExporter::builder();
-    let built = match target.protocol {
-        Protocol::Grpc => builder
-            .with_tonic()
-            .with_endpoint(&target.endpoint)
-            .with_timeout(EXPORT_TIMEOUT)
-            .build(),
-        Protocol::HttpProtobuf => builder
-            .with_http()
-            .with_endpoint(&target.endpoint)
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_timeout(EXPORT_TIMEOUT)
-            .build(),
-    };
-    built.map_err(|source| TelemetryError::Exporter {
-        signal: "traces",
-        endpoint: target.endpoint.clone(),
-        source,
-    })
-}
-
-fn log_exporter(target: &OtlpTarget) -> Result<opentelemetry_otlp::LogExporter, TelemetryError> {
-    let builder = opentelemetry_otlp::LogExporter::builder();
-    let built = match target.protocol {
-        Protocol::Grpc => builder
-            .with_tonic()
-            .with_endpoint(&target.endpoint)
-            .with_timeout(EXPORT_TIMEOUT)
-            .build(),
-        Protocol::HttpProtobuf => builder
-            .with_http()
-            .with_endpoint(&target.endpoint)
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_timeout(EXPORT_TIMEOUT)
-            .build(),
-    };
-    built.map_err(|source| TelemetryError::Exporter {
-        signal: "logs",
-        endpoint: target.endpoint.clone(),
-        source,
-    })
 }
 
 impl Telemetry {

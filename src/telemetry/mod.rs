@@ -3,12 +3,16 @@
 //! the guard that flushes them.
 
 mod config;
+#[cfg(feature = "otlp")]
 mod export_counts;
 mod init;
 mod json;
+mod otlp;
+mod propagation;
 
 pub use config::{ConfigError, LogFormat, OtlpTarget, Protocol, SamplerConfig, TelemetryConfig};
 pub use init::{
     encode_metrics, init, init_with_writer, metrics_provider, Telemetry, TelemetryError,
     METRICS_CONTENT_TYPE,
 };
+pub use propagation::{context_from_headers, trace_headers};

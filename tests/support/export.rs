@@ -87,12 +87,18 @@ pub async fn spans_and_logs_arrive(protocol: Protocol) {
         .unwrap()
         .unwrap();
     received
-        .wait_for("8 spans and the model logs", Duration::from_secs(20), |r| {
-            r.spans().len() >= 8 && r.logs().len() >= 6
-        })
+        .wait_for(
+            "13 spans and the model logs",
+            Duration::from_secs(20),
+            |r| r.spans().len() >= 13 && r.logs().len() >= 6,
+        )
         .await;
 
-    let spans = received.spans();
+    let all = received.spans();
+    // Each model's load step is a trace of its own, at start-up.
+    let loads = all.iter().filter(|s| s.name == "model.load").count();
+    assert_eq!(loads, 5, "one model.load span per model");
+    let spans: Vec<_> = all.into_iter().filter(|s| s.name != "model.load").collect();
     let named = |name: &str| -> Vec<_> { spans.iter().filter(|s| s.name == name).collect() };
     for span in &spans {
         assert_eq!(
@@ -181,10 +187,11 @@ pub async fn spans_and_logs_arrive(protocol: Protocol) {
             "no `{expected}` log in {bodies:?}"
         );
     }
-    for record in logs
-        .iter()
-        .filter(|r| body_text(r).starts_with("model") || body_text(r).starts_with("pipeline"))
-    {
+    // `model loaded` lines belong to each model's own `model.load` trace.
+    for record in logs.iter().filter(|r| {
+        let body = body_text(r);
+        (body.starts_with("model") || body.starts_with("pipeline")) && body != "model loaded"
+    }) {
         assert_eq!(
             hex(&record.trace_id),
             TRACE_ID,

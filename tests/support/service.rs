@@ -10,10 +10,10 @@ use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry::metrics::Meter;
-use pipelens::drift::DriftMonitor;
 use pipelens::faults::Faults;
-use pipelens::planner;
-use pipelens::server::{self, AppState, Readiness};
+use pipelens::server::{self, Server};
+
+use crate::demo::planner;
 
 /// Serves the ceiling-layout pipeline with these faults, recording into
 /// `meter` and serving `registry` on /metrics. The drift reference is the
@@ -25,23 +25,32 @@ pub async fn start(
     drift_reference: usize,
 ) -> SocketAddr {
     let faults = Arc::new(faults);
-    let pipeline = planner::pipeline(Some(meter.clone()), &faults).unwrap();
-    let drift = Arc::new(DriftMonitor::new(
-        meter,
-        planner::drift_features(),
-        drift_reference,
-        drift_reference,
-    ));
-    let state = AppState::new(pipeline, drift, registry, Arc::new(Readiness::new(true)));
+    let pipeline = planner::pipeline(Some(meter.clone()), &faults, drift_reference).unwrap();
+    let server = Server::builder()
+        .meter(meter.clone())
+        .registry(registry)
+        .pipeline(planner::served(pipeline))
+        .build()
+        .unwrap();
+    serve(server).await
+}
+
+/// Serves `server` on a loopback port in the background.
+pub async fn serve(server: Server) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let router = server::router(state, meter);
     tokio::spawn(async move {
-        server::serve(listener, router, std::future::pending())
+        server
+            .serve(listener, std::future::pending())
             .await
             .unwrap();
     });
     addr
+}
+
+/// The run route of the ceiling-layout pipeline.
+pub fn ceiling_route() -> String {
+    server::runs_route(planner::PIPELINE_NAME)
 }
 
 /// One HTTP exchange.
@@ -91,7 +100,7 @@ pub async fn send(
 pub async fn post_room(addr: SocketAddr, body: &str, headers: &[(&str, &str)]) -> Reply {
     let mut all = vec![("content-type", "application/json")];
     all.extend_from_slice(headers);
-    send(addr, Method::POST, server::RUNS_ROUTE, body, &all).await
+    send(addr, Method::POST, &ceiling_route(), body, &all).await
 }
 
 /// The rooms `metrics_after_a_mix` plans, all of which must succeed.
@@ -117,7 +126,7 @@ pub async fn metrics_after_a_mix() -> Reply {
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     }
     let bad = post_room(addr, r#"{"width": "x"}"#, &[]).await;
-    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
     let reply = send(addr, Method::GET, "/metrics", "", &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
     reply

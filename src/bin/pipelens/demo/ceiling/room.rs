@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::ModelError;
+use pipelens::ModelError;
 
 /// Largest accepted room side, in cells (one cell is about 1 m).
 pub const MAX_SIDE: u32 = 256;
@@ -198,6 +198,7 @@ impl Room {
     }
 
     /// Number of free (non-obstacle) cells.
+    #[cfg(test)]
     pub fn free_cells(&self) -> usize {
         self.width as usize * self.length as usize - self.obstacles.len()
     }

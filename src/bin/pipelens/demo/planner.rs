@@ -1,19 +1,22 @@
 //! The demo pipeline: the ceiling layout planner. Three light-placement
 //! candidates compete in a parallel `lighting` stage (best confidence wins),
 //! then the sequential `fixtures` stage places air-supply diffusers and smoke
-//! detectors on what is left.
+//! detectors on what is left. Built, served and watched for drift through
+//! pipelens' public API only, like any user's pipeline.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::metrics::Meter;
+use pipelens::faults::{Faults, Faulty};
+use pipelens::input::{self, FieldError, InputError};
+use pipelens::server::Served;
+use pipelens::{BuildError, DriftSpec, Feature, Pipeline, Stage};
+use serde::Deserialize;
 
-use crate::ceiling::{
-    AirSupply, DenseLights, Layout, PerimeterLights, Room, SmokeDetectors, SparseLights,
+use super::ceiling::{
+    AirSupply, Cell, DenseLights, Layout, PerimeterLights, Room, SmokeDetectors, SparseLights,
 };
-use crate::drift::{DriftMonitor, Feature};
-use crate::faults::{Faults, Faulty};
-use crate::pipeline::{BuildError, Pipeline, Stage};
 
 /// The pipeline's name: the `pipeline` label and the URL segment.
 pub const PIPELINE_NAME: &str = "ceiling-layout";
@@ -23,13 +26,18 @@ pub const STAGE_LIGHTING: &str = "lighting";
 pub const STAGE_FIXTURES: &str = "fixtures";
 /// How long one model may take before its execution counts as a timeout.
 pub const MODEL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many first rooms form the drift reference, and how many latest ones
+/// the live window.
+pub const DRIFT_WINDOW: usize = 200;
 
 /// Builds the ceiling layout pipeline, recording into `meter` (or the global
-/// meter when `None`), with every model wrapped in the fault knobs.
+/// meter when `None`), with every model wrapped in the fault knobs. The
+/// first `drift_reference` rooms are the drift reference.
 pub fn pipeline(
     meter: Option<Meter>,
     faults: &Arc<Faults>,
-) -> Result<Pipeline<Layout>, BuildError> {
+    drift_reference: usize,
+) -> Result<Pipeline<Layout, Layout>, BuildError> {
     let mut builder = Pipeline::builder(PIPELINE_NAME)
         .stage(
             Stage::parallel(STAGE_LIGHTING)
@@ -43,11 +51,62 @@ pub fn pipeline(
                 .model(Faulty::new(AirSupply, Arc::clone(faults)))
                 .model(Faulty::new(SmokeDetectors, Arc::clone(faults)))
                 .timeout(MODEL_TIMEOUT),
+        )
+        .drift(
+            DriftSpec::new(drift_features(), |layout: &Layout| {
+                features(&layout.room).to_vec()
+            })
+            .reference_size(drift_reference)
+            .window_size(drift_reference),
         );
     if let Some(meter) = meter {
         builder = builder.meter(meter);
     }
     builder.build()
+}
+
+/// The pipeline as served: rooms arrive as [`RoomRequest`] JSON and are
+/// checked (sizes, obstacles inside the grid and not repeated) before a run.
+pub fn served(pipeline: Pipeline<Layout, Layout>) -> Served<Layout, Layout> {
+    Served::from_request(pipeline, |request: RoomRequest| {
+        request.into_room().map(Layout::empty)
+    })
+}
+
+/// The body of `POST /v1/pipelines/ceiling-layout/runs`, in grid cells.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomRequest {
+    width: u32,
+    length: u32,
+    #[serde(default)]
+    obstacles: Vec<CellRequest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CellRequest {
+    x: u32,
+    y: u32,
+}
+
+impl RoomRequest {
+    /// The room, or the field that makes it impossible.
+    pub fn into_room(self) -> Result<Room, FieldError> {
+        let obstacles = self
+            .obstacles
+            .into_iter()
+            .map(|c| Cell::new(c.x, c.y))
+            .collect();
+        Room::new(self.width, self.length, obstacles)
+            .map_err(|e| FieldError::new(e.field(), e.to_string()))
+    }
+}
+
+/// Parses and checks a room from JSON, naming the offending field on error.
+pub fn parse_room(body: &[u8]) -> Result<Room, InputError> {
+    let request: RoomRequest = input::decode_json(body)?;
+    Ok(request.into_room()?)
 }
 
 /// The features whose drift is tracked, in the order of [`features`].
@@ -67,12 +126,6 @@ pub fn drift_features() -> Vec<Feature> {
             edges: vec![0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4],
         },
     ]
-}
-
-/// A drift monitor over [`drift_features`]: the first 200 rooms are the
-/// reference, the last 200 the live window.
-pub fn drift_monitor(meter: &Meter) -> DriftMonitor {
-    DriftMonitor::new(meter, drift_features(), 200, 200)
 }
 
 /// The feature values of a room, in the order of [`drift_features`].

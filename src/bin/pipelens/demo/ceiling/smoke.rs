@@ -41,7 +41,7 @@
 
 use super::coverage::{lattice, nearest_neighbour_distances, place_covering};
 use super::room::{Fixture, Grid, Layout, Occupant};
-use crate::pipeline::{Model, ModelError, Prediction};
+use pipelens::{Model, ModelError, Prediction};
 
 /// Grid spacing of the initial placement, in cells (the 9.1 m listed spacing
 /// rounded down).
@@ -95,7 +95,7 @@ fn allowed_cells(grid: &Grid) -> Vec<bool> {
     allowed
 }
 
-impl Model<Layout> for SmokeDetectors {
+impl Model<Layout, Layout> for SmokeDetectors {
     fn name(&self) -> &str {
         "smoke_detector"
     }
@@ -160,11 +160,11 @@ impl Model<Layout> for SmokeDetectors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ceiling::lights::tests::{
+    use crate::demo::ceiling::lights::tests::{
         assert_occupancy, layout, room_mix, scatter, unreached, Lcg,
     };
-    use crate::ceiling::room::{Cell, Room};
-    use crate::ceiling::{AirSupply, DenseLights, PerimeterLights, SparseLights};
+    use crate::demo::ceiling::room::{Cell, Room};
+    use crate::demo::ceiling::{AirSupply, DenseLights, PerimeterLights, SparseLights};
 
     fn cells(list: &[(u32, u32)]) -> Vec<Cell> {
         list.iter().map(|&(x, y)| Cell::new(x, y)).collect()
@@ -264,7 +264,8 @@ mod tests {
 
     #[test]
     fn spacing_rules_hold_after_the_full_pipeline() {
-        let lights: [&dyn Model<Layout>; 3] = [&DenseLights, &SparseLights, &PerimeterLights];
+        let lights: [&dyn Model<Layout, Layout>; 3] =
+            [&DenseLights, &SparseLights, &PerimeterLights];
         for (n, (_, room)) in room_mix(60).into_iter().enumerate() {
             let lit = lights[n % 3]
                 .run(&Layout::empty(room))

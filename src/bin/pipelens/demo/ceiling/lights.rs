@@ -29,7 +29,7 @@
 
 use super::coverage::{lattice, nearest, CoverageMap, Disk};
 use super::room::{Fixture, Grid, Layout};
-use crate::pipeline::{Model, ModelError, Prediction};
+use pipelens::{Model, ModelError, Prediction};
 
 /// Fixed cost of one fixture, in cells of light (see the module docs).
 const FIXTURE_OVERHEAD: f64 = 4.0;
@@ -216,7 +216,7 @@ pub struct SparseLights;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PerimeterLights;
 
-impl Model<Layout> for DenseLights {
+impl Model<Layout, Layout> for DenseLights {
     fn name(&self) -> &str {
         "light_dense"
     }
@@ -230,7 +230,7 @@ impl Model<Layout> for DenseLights {
     }
 }
 
-impl Model<Layout> for SparseLights {
+impl Model<Layout, Layout> for SparseLights {
     fn name(&self) -> &str {
         "light_sparse"
     }
@@ -244,7 +244,7 @@ impl Model<Layout> for SparseLights {
     }
 }
 
-impl Model<Layout> for PerimeterLights {
+impl Model<Layout, Layout> for PerimeterLights {
     fn name(&self) -> &str {
         "light_perimeter"
     }
@@ -261,7 +261,7 @@ impl Model<Layout> for PerimeterLights {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::ceiling::room::{Cell, Room, MAX_OBSTACLES};
+    use crate::demo::ceiling::room::{Cell, Room, MAX_OBSTACLES};
     use std::collections::HashSet;
 
     /// A deterministic 64-bit LCG (Knuth's MMIX constants).
@@ -338,7 +338,7 @@ pub(crate) mod tests {
         Layout::empty(Room::new(width, length, obstacles).expect("valid room"))
     }
 
-    fn models() -> [Box<dyn Model<Layout>>; 3] {
+    fn models() -> [Box<dyn Model<Layout, Layout>>; 3] {
         [
             Box::new(DenseLights),
             Box::new(SparseLights),

@@ -124,7 +124,7 @@ impl LoadgenConfig {
         let url = format!(
             "{}{}",
             self.target.trim_end_matches('/'),
-            crate::server::RUNS_ROUTE
+            pipelens::server::runs_route(crate::demo::planner::PIPELINE_NAME)
         );
         let uri: Uri = url.parse().map_err(|_| {
             bad(
@@ -337,7 +337,7 @@ mod tests {
         assert!((150..=250).contains(&bad), "{bad} bad of 2000 at 10%");
         for s in shots.iter().filter(|s| !s.bad) {
             let v: Value = serde_json::from_str(&s.body).unwrap();
-            let room = crate::server::parse_room(s.body.as_bytes());
+            let room = crate::demo::planner::parse_room(s.body.as_bytes());
             assert!(room.is_ok(), "generated room must be valid: {v}");
         }
     }
@@ -345,15 +345,19 @@ mod tests {
     /// The drift monitor of the service, fed the realistic mix as reference
     /// and then live traffic: the realistic mix stays stable, halls drift.
     fn psi_after(live: Mix) -> Vec<f64> {
+        use crate::demo::planner;
         let meter = opentelemetry::global::meter("loadgen-test");
-        let monitor = crate::planner::drift_monitor(&meter);
+        let spec = pipelens::DriftSpec::new(planner::drift_features(), |room| {
+            planner::features(room).to_vec()
+        });
+        let monitor = pipelens::drift::DriftMonitor::from_spec(&meter, "test", spec);
         let mut rng = StdRng::seed_from_u64(3);
         let mut last = None;
         for i in 0..400 {
             let mix = if i < 200 { Mix::Realistic } else { live };
             let body = room(&mut rng, mix).to_string();
-            let room = crate::server::parse_room(body.as_bytes()).unwrap();
-            last = monitor.observe(&crate::planner::features(&room));
+            let room = planner::parse_room(body.as_bytes()).unwrap();
+            last = monitor.observe_input(&room);
         }
         last.expect("the reference is complete after 200 rooms")
     }

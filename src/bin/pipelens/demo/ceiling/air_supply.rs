@@ -23,7 +23,7 @@
 
 use super::coverage::{lattice, mean_and_deviation, nearest_neighbour_distances, place_covering};
 use super::room::{Fixture, Grid, Layout};
-use crate::pipeline::{Model, ModelError, Prediction};
+use pipelens::{Model, ModelError, Prediction};
 
 /// Largest distance between neighbouring diffusers on the initial grid, in
 /// cells: one diffuser per `SPACING²` = 36 cells.
@@ -42,7 +42,7 @@ const SHIFT: i64 = 2;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AirSupply;
 
-impl Model<Layout> for AirSupply {
+impl Model<Layout, Layout> for AirSupply {
     fn name(&self) -> &str {
         "air_supply"
     }
@@ -95,13 +95,13 @@ impl Model<Layout> for AirSupply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ceiling::lights::tests::{assert_occupancy, layout, room_mix, scatter, Lcg};
-    use crate::ceiling::room::{Cell, Room};
-    use crate::ceiling::DenseLights;
+    use crate::demo::ceiling::lights::tests::{assert_occupancy, layout, room_mix, scatter, Lcg};
+    use crate::demo::ceiling::room::{Cell, Room};
+    use crate::demo::ceiling::DenseLights;
 
     /// Free cells farther than `REACH` from every diffuser, by brute force.
     fn unreached(layout: &Layout) -> usize {
-        crate::ceiling::lights::tests::unreached(layout, &layout.air_supply, REACH)
+        crate::demo::ceiling::lights::tests::unreached(layout, &layout.air_supply, REACH)
     }
 
     #[test]

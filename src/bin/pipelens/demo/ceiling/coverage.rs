@@ -308,7 +308,7 @@ pub(crate) fn nearest_neighbour_distances(grid: &Grid, fixtures: &[usize], cap: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ceiling::room::{Fixture, Layout, Room};
+    use crate::demo::ceiling::room::{Fixture, Layout, Room};
 
     fn grid(width: u32, length: u32) -> Grid {
         let room = Room::new(width, length, Vec::new()).expect("valid room");

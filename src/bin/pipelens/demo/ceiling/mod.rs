@@ -9,7 +9,7 @@
 //! 2. [`AirSupply`]: diffusers so every free cell gets air;
 //! 3. [`SmokeDetectors`]: detectors by NFPA 72-style spacing rules.
 //!
-//! Every model implements [`Model<Layout>`](crate::pipeline::Model), is pure
+//! Every model implements [`Model<Layout, Layout>`](pipelens::Model), is pure
 //! and deterministic computation, and reports a confidence in `[0, 1]` computed
 //! from its placement (each module documents its formula) and the number of
 //! fixtures it placed. A cell holds at most one fixture and never an obstacle.
@@ -24,5 +24,5 @@ mod smoke;
 
 pub use air_supply::AirSupply;
 pub use lights::{DenseLights, PerimeterLights, SparseLights};
-pub use room::{Cell, Layout, Room, RoomError, MAX_OBSTACLES, MAX_SIDE};
+pub use room::{Cell, Layout, Room};
 pub use smoke::SmokeDetectors;

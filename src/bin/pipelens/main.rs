@@ -1,6 +1,15 @@
 //! The `pipelens` command line: `serve` the ceiling-layout pipeline over
 //! HTTP, `run` it once on a room file, drive a service with `loadgen`, and
 //! `healthcheck` a service (for container health checks without a shell).
+//!
+//! The demo lives in [`demo`]: a user of the library's public API like any
+//! other.
+
+// A binary has no public API: `pub` marks what the demo's modules offer each
+// other (and the integration tests that include them).
+#![allow(unreachable_pub)]
+
+mod demo;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,11 +19,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
+use demo::loadgen::{self, LoadgenConfig};
+use demo::{ceiling, planner};
 use pipelens::faults::Faults;
-use pipelens::loadgen::{self, LoadgenConfig};
-use pipelens::server::{self, AppState, Readiness};
+use pipelens::server::{self, Server};
 use pipelens::telemetry::{self, TelemetryConfig};
-use pipelens::{ceiling, planner};
 
 #[derive(Parser)]
 #[command(
@@ -128,8 +137,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 },
             };
             let _telemetry = telemetry::init(&TelemetryConfig::from_env()?)?;
-            let readiness = Arc::new(Readiness::new(true));
-            let summary = loadgen::run(config, server::shutdown_signal(readiness)).await?;
+            let summary = loadgen::run(config, server::shutdown_signal()).await?;
             println!("{summary}");
             Ok(())
         }
@@ -142,49 +150,31 @@ async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     let telemetry = telemetry::init(&config).context("cannot initialise telemetry")?;
     let faults = Arc::new(Faults::from_env()?);
     faults.watch(Duration::from_secs(1));
-    let meter = telemetry.meter();
-    let pipeline = planner::pipeline(Some(meter.clone()), &faults)?;
-    let drift = Arc::new(planner::drift_monitor(&meter));
-    let readiness = Arc::new(Readiness::new(true));
-    let state = AppState::new(
-        pipeline,
-        drift,
-        telemetry.registry().clone(),
-        Arc::clone(&readiness),
-    );
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on --addr {addr}"))?;
-    let local = listener.local_addr()?;
+    let pipeline = planner::pipeline(Some(telemetry.meter()), &faults, planner::DRIFT_WINDOW)?;
+    let server = Server::builder()
+        .telemetry(&telemetry)
+        .pipeline(planner::served(pipeline))
+        .build()?;
     tracing::info!(
-        address = %local,
         traces_exported = config.traces.is_some(),
         logs_exported = config.logs.is_some(),
         faults = ?faults.snapshot(),
-        "pipelens listening"
+        "pipelens starting"
     );
-    server::serve(
-        listener,
-        server::router(state, &meter),
-        server::shutdown_signal(readiness),
-    )
-    .await
-    .context("server failed")?;
-    tokio::task::spawn_blocking(move || telemetry.shutdown())
+    server::run(server, addr, telemetry)
         .await
-        .context("telemetry shutdown task failed")??;
-    Ok(())
+        .with_context(|| format!("cannot serve on --addr {addr}"))
 }
 
 async fn run_once(input: PathBuf) -> anyhow::Result<()> {
     let text = std::fs::read(&input)
         .with_context(|| format!("cannot read --input {}", input.display()))?;
-    let room = server::parse_room(&text)
+    let room = planner::parse_room(&text)
         .map_err(|e| anyhow::anyhow!("--input {}: {e}", input.display()))?;
     let config = TelemetryConfig::from_env()?;
     let telemetry = telemetry::init_with_writer(&config, std::io::stderr)?;
     let faults = Arc::new(Faults::from_env()?);
-    let pipeline = planner::pipeline(Some(telemetry.meter()), &faults)?;
+    let pipeline = planner::pipeline(Some(telemetry.meter()), &faults, planner::DRIFT_WINDOW)?;
     let result = pipeline.run(ceiling::Layout::empty(room)).await;
     tokio::task::spawn_blocking(move || telemetry.shutdown()).await??;
     match result {

@@ -1,0 +1,256 @@
+//! The sentiment pipeline, a second domain served by the same library:
+//! `{"text": "..."}` → a `tokenize` step → three candidate classifiers in a
+//! parallel stage (a lexicon, a naive Bayes model trained at load time, and
+//! an async call to a remote scoring endpoint) → a `label` step giving
+//! `{"label": "positive|negative|neutral", "score": ...}`.
+//!
+//! The remote candidate shows how a model's outbound HTTP call carries the
+//! run's trace: it adds `pipelens::telemetry::trace_headers()` to its
+//! request, and the scoring endpoint continues the trace from them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry::metrics::Meter;
+use pipelens::server::{FieldError, Served};
+use pipelens::{
+    AsyncModel, BuildError, DriftSpec, Feature, Model, ModelError, Pipeline, Prediction, Stage,
+};
+use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+#[path = "classify.rs"]
+pub mod classify;
+
+use classify::{Lexicon, NaiveBayes, Scored, Tokens};
+
+/// The pipeline's name: the `pipeline` label and the URL segment.
+pub const NAME: &str = "sentiment";
+/// The longest text accepted, in bytes.
+pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+/// How long the classifiers may take.
+pub const CLASSIFY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The body of `POST /v1/pipelines/sentiment/runs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// The text to classify.
+    pub text: String,
+}
+
+/// The run's output.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sentiment {
+    /// `positive`, `negative` or `neutral`.
+    pub label: &'static str,
+    /// From -1 (negative) to 1 (positive).
+    pub score: f64,
+}
+
+/// Builds the pipeline, recording into `meter`; the remote candidate calls
+/// the scoring endpoint at `scorer`.
+pub fn pipeline(
+    meter: Meter,
+    scorer: SocketAddr,
+) -> Result<Pipeline<Request, Sentiment>, BuildError> {
+    Pipeline::builder(NAME)
+        .meter(meter)
+        .step("tokenize", |request: &Request| {
+            Ok(classify::tokenize(&request.text))
+        })
+        .stage(
+            Stage::parallel("classify")
+                .model(LexiconModel(Lexicon::new()))
+                .model(BayesModel(OnceLock::new()))
+                .async_model(RemoteScorer::new(scorer))
+                .timeout(CLASSIFY_TIMEOUT),
+        )
+        .step("label", |scored: &Scored| {
+            Ok(Sentiment {
+                label: scored.label.as_str(),
+                score: (scored.score * 1000.0).round() / 1000.0,
+            })
+        })
+        .drift(DriftSpec::new(
+            vec![Feature {
+                name: "text_length",
+                edges: vec![16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0],
+            }],
+            |request: &Request| vec![request.text.chars().count() as f64],
+        ))
+        .build()
+}
+
+/// The pipeline as served: the text must be non-blank and at most
+/// [`MAX_TEXT_BYTES`] long.
+pub fn served(pipeline: Pipeline<Request, Sentiment>) -> Served<Request, Sentiment> {
+    Served::new(pipeline).validate(|request: &Request| {
+        if request.text.trim().is_empty() {
+            Err(FieldError::new("text", "must not be blank"))
+        } else if request.text.len() > MAX_TEXT_BYTES {
+            Err(FieldError::new(
+                "text",
+                format!("must be at most {MAX_TEXT_BYTES} bytes"),
+            ))
+        } else {
+            Ok(())
+        }
+    })
+}
+
+/// A valence lexicon with negation and intensifiers.
+struct LexiconModel(Lexicon);
+
+impl Model<Tokens, Scored> for LexiconModel {
+    fn name(&self) -> &str {
+        "lexicon"
+    }
+    fn version(&self) -> &str {
+        "1.0.0"
+    }
+    fn run(&self, tokens: &Tokens) -> Result<Prediction<Scored>, ModelError> {
+        let scored = self.0.classify(tokens);
+        Ok(Prediction::new(scored.clone(), scored.confidence))
+    }
+}
+
+/// Multinomial naive Bayes, trained on the built-in corpus when it loads.
+struct BayesModel(OnceLock<NaiveBayes>);
+
+impl Model<Tokens, Scored> for BayesModel {
+    fn name(&self) -> &str {
+        "naive_bayes"
+    }
+    fn version(&self) -> &str {
+        "1.0.0"
+    }
+    fn load(&self) -> Result<(), ModelError> {
+        self.0.get_or_init(NaiveBayes::trained_default);
+        Ok(())
+    }
+    fn run(&self, tokens: &Tokens) -> Result<Prediction<Scored>, ModelError> {
+        let model = self
+            .0
+            .get()
+            .ok_or_else(|| ModelError::NotLoaded("not trained yet".into()))?;
+        let scored = model.classify(tokens);
+        Ok(Prediction::new(scored.clone(), scored.confidence))
+    }
+}
+
+/// A logistic scorer served over HTTP: an async candidate.
+struct RemoteScorer {
+    base: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl RemoteScorer {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            base: format!("http://{addr}"),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: String) -> Result<String, ModelError> {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        // The run's trace travels with the call: the scorer's span becomes a
+        // child of this model's `model.run` span.
+        for (name, value) in pipelens::telemetry::trace_headers() {
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ModelError::Computation(e.to_string()))?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| ModelError::Unavailable(format!("{}: {e}", self.base)))?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ModelError::Unavailable(e.to_string()))?
+            .to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if status.is_success() {
+            Ok(text)
+        } else {
+            Err(ModelError::Unavailable(format!(
+                "scorer answered {status}: {text}"
+            )))
+        }
+    }
+}
+
+impl AsyncModel<Tokens, Scored> for RemoteScorer {
+    fn name(&self) -> &str {
+        "remote_logistic"
+    }
+    fn version(&self) -> &str {
+        "1.0.0"
+    }
+    async fn load(&self) -> Result<(), ModelError> {
+        self.call("GET", "/health", String::new()).await.map(|_| ())
+    }
+    async fn run(&self, tokens: &Tokens) -> Result<Prediction<Scored>, ModelError> {
+        let body = self
+            .call("POST", "/score", classify::tokens_json(tokens))
+            .await?;
+        let scored = classify::parse_scored(&body).map_err(ModelError::Computation)?;
+        Ok(Prediction::new(scored.clone(), scored.confidence))
+    }
+}
+
+/// Starts the remote scoring endpoint on a loopback port: `POST /score`
+/// with `{"tokens": [...]}`, `GET /health`. It continues the caller's trace
+/// from the `traceparent` header, as any downstream service would.
+pub async fn start_scorer() -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/score", post(score));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error.message = %e, "scoring endpoint stopped");
+        }
+    });
+    Ok(addr)
+}
+
+async fn score(headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
+    let carrier: HashMap<String, String> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let span = tracing::info_span!("scorer.score", otel.kind = "server");
+    let _ = span.set_parent(pipelens::telemetry::context_from_headers(&carrier));
+    async move {
+        match std::str::from_utf8(&body)
+            .map_err(|e| e.to_string())
+            .and_then(classify::score_json)
+        {
+            Ok(json) => (StatusCode::OK, json),
+            Err(message) => (StatusCode::BAD_REQUEST, message),
+        }
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,146 @@
+//! A pipeline as the server serves it: how a request body becomes the
+//! pipeline's input (serde, then the user's own validation), and the run.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::error::ApiError;
+use futures_util::future::BoxFuture;
+
+use crate::input::{self, FieldError, InputError};
+use crate::pipeline::{LoadError, Pipeline, StageInfo};
+
+type Decode<In> = Box<dyn Fn(serde_json::Value) -> Result<In, ApiError> + Send + Sync>;
+type Check<In> = Box<dyn Fn(&In) -> Result<(), FieldError> + Send + Sync>;
+
+/// A pipeline ready to be served at `POST /v1/pipelines/{name}/runs`: how a
+/// JSON body becomes its input, and how that input is validated. A
+/// [`Pipeline`] whose input is `DeserializeOwned` converts into one directly.
+pub struct Served<In, Out> {
+    pipeline: Pipeline<In, Out>,
+    decode: Decode<In>,
+    checks: Vec<Check<In>>,
+}
+
+impl<In, Out> Served<In, Out>
+where
+    In: DeserializeOwned + Send + Sync + 'static,
+    Out: Serialize + Send + Sync + 'static,
+{
+    /// Serves `pipeline`, reading its input straight from the JSON body.
+    pub fn new(pipeline: Pipeline<In, Out>) -> Self {
+        Self {
+            pipeline,
+            decode: Box::new(|value| Ok(input::from_value(value)?)),
+            checks: Vec::new(),
+        }
+    }
+}
+
+impl<In, Out> Served<In, Out>
+where
+    In: Send + Sync + 'static,
+    Out: Serialize + Send + Sync + 'static,
+{
+    /// Serves `pipeline`, reading a request of type `Req` from the JSON body
+    /// and converting it into the pipeline's input with `convert` (which
+    /// validates it: a [`FieldError`] is answered with 422). For inputs that
+    /// are not themselves deserialisable, or whose wire form differs.
+    pub fn from_request<Req>(
+        pipeline: Pipeline<In, Out>,
+        convert: impl Fn(Req) -> Result<In, FieldError> + Send + Sync + 'static,
+    ) -> Self
+    where
+        Req: DeserializeOwned + 'static,
+    {
+        Self {
+            pipeline,
+            decode: Box::new(move |value| {
+                let request: Req = input::from_value(value)?;
+                convert(request).map_err(ApiError::from)
+            }),
+            checks: Vec::new(),
+        }
+    }
+
+    /// Adds a validation of the decoded input, such as a length limit; a
+    /// [`FieldError`] is answered with 422 and the pipeline does not run.
+    #[must_use]
+    pub fn validate(
+        mut self,
+        check: impl Fn(&In) -> Result<(), FieldError> + Send + Sync + 'static,
+    ) -> Self {
+        self.checks.push(Box::new(check));
+        self
+    }
+}
+
+impl<In, Out> From<Pipeline<In, Out>> for Served<In, Out>
+where
+    In: DeserializeOwned + Send + Sync + 'static,
+    Out: Serialize + Send + Sync + 'static,
+{
+    fn from(pipeline: Pipeline<In, Out>) -> Self {
+        Self::new(pipeline)
+    }
+}
+
+/// A served pipeline with its types erased, as the router holds it.
+pub(crate) trait Endpoint: Send + Sync {
+    fn name(&self) -> &str;
+    fn stages(&self) -> Vec<StageInfo>;
+    fn is_loaded(&self) -> bool;
+    fn load_missing(&self) -> BoxFuture<'_, Result<(), LoadError>>;
+    /// Decodes and validates `body`, runs the pipeline, and answers.
+    fn run(&self, body: Bytes) -> BoxFuture<'_, Result<Response, ApiError>>;
+}
+
+impl<In, Out> Endpoint for Served<In, Out>
+where
+    In: Send + Sync + 'static,
+    Out: Serialize + Send + Sync + 'static,
+{
+    fn name(&self) -> &str {
+        self.pipeline.name()
+    }
+
+    fn stages(&self) -> Vec<StageInfo> {
+        self.pipeline.stages()
+    }
+
+    fn is_loaded(&self) -> bool {
+        self.pipeline.is_loaded()
+    }
+
+    fn load_missing(&self) -> BoxFuture<'_, Result<(), LoadError>> {
+        Box::pin(self.pipeline.load_missing())
+    }
+
+    fn run(&self, body: Bytes) -> BoxFuture<'_, Result<Response, ApiError>> {
+        Box::pin(async move {
+            let value: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::from(InputError::Malformed(e.to_string())))?;
+            let input = (self.decode)(value)?;
+            for check in &self.checks {
+                check(&input)?;
+            }
+            let report = self.pipeline.run(input).await?;
+            Ok((StatusCode::OK, Json(report)).into_response())
+        })
+    }
+}
+
+/// Erases a served pipeline.
+pub(crate) fn erase<In, Out>(served: Served<In, Out>) -> Arc<dyn Endpoint>
+where
+    In: Send + Sync + 'static,
+    Out: Serialize + Send + Sync + 'static,
+{
+    Arc::new(served)
+}
