@@ -23,6 +23,9 @@
 //!
 //! A missing tool fails the test with the command that installs it.
 
+#[allow(dead_code, unreachable_pub)]
+#[path = "../src/bin/pipelens/demo/mod.rs"]
+mod demo;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -1409,4 +1412,112 @@ fn grafana_variables_and_github_anchors_are_handled() {
     assert_eq!(image_repository("grafana/loki:3.4.2"), "grafana/loki");
     assert_eq!(port_of("http://loki:3100/otlp/v1/logs"), Some(3100));
     assert_eq!(port_of("0.0.0.0:8888"), Some(8888));
+}
+
+/// Whether a series carries the `pipeline` label: a contract metric (or one
+/// of its histogram series) that has it, or a recording rule that keeps it.
+fn carries_pipeline(name: &str, recorded: &BTreeMap<String, String>) -> bool {
+    let base = ["_bucket", "_count", "_sum"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name);
+    pipelens::names::PROM_CONTRACT
+        .iter()
+        .any(|(metric, labels)| {
+            (*metric == name || *metric == base) && labels.contains(&"pipeline")
+        })
+        || recorded
+            .get(name)
+            .is_some_and(|expr| promql_has_by_label(expr, "pipeline"))
+}
+
+/// Whether a `by (...)` clause of `expr` keeps `label`.
+fn promql_has_by_label(expr: &str, label: &str) -> bool {
+    expr.match_indices("by (").any(|(i, _)| {
+        expr[i + 4..]
+            .split(')')
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .any(|l| l.trim() == label)
+    })
+}
+
+#[test]
+fn pipeline_level_dashboard_queries_follow_the_pipeline_variable() {
+    let recorded: BTreeMap<String, String> = rules()
+        .into_iter()
+        .filter_map(|r| Some((r.record?, r.expr)))
+        .collect();
+    let dashboards: BTreeMap<String, Json> = dashboards().into_iter().collect();
+    let mut problems = Vec::new();
+    let mut filtered = 0;
+    for q in dashboard_queries(&provisioned_datasources()) {
+        let Some(expr) = q.promql() else { continue };
+        let selectors = promql_selectors(expr);
+        if !selectors
+            .iter()
+            .any(|(name, _)| carries_pipeline(name, &recorded))
+        {
+            continue; // e.g. ml_model_loaded, which is per model, not per pipeline
+        }
+        for (name, matchers) in selectors {
+            if !carries_pipeline(&name, &recorded) {
+                continue;
+            }
+            let variable = dashboards[&q.dashboard]["templating"]["list"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|v| v["name"] == "pipeline")
+                .cloned();
+            match variable {
+                None => problems.push(format!(
+                    "{}: reads {name}, which has a pipeline label, but the dashboard has no \
+                     `pipeline` variable",
+                    q.name()
+                )),
+                Some(v) => {
+                    let definition = v["definition"].as_str().unwrap_or_default();
+                    let source = promql_metric_names(definition);
+                    if v["type"] != "query"
+                        || v["multi"] != true
+                        || v["includeAll"] != true
+                        || !source.iter().any(|m| carries_pipeline(m, &recorded))
+                    {
+                        problems.push(format!(
+                            "{}: the `pipeline` variable must be a multi-value query with All over \
+                             a series that has the label, not {v}",
+                            q.dashboard
+                        ));
+                    }
+                }
+            }
+            if matchers
+                .replace(' ', "")
+                .contains(r#"pipeline=~"$pipeline""#)
+            {
+                filtered += 1;
+            } else {
+                problems.push(format!(
+                    "{}: {name}{{{matchers}}} is not filtered by pipeline=~\"$pipeline\"",
+                    q.name()
+                ));
+            }
+        }
+        // Grouping by model, stage or feature must keep pipelines apart.
+        for label in ["model_name", "stage", "feature", "component_type"] {
+            if promql_has_by_label(expr, label) && !promql_has_by_label(expr, "pipeline") {
+                problems.push(format!(
+                    "{}: groups by {label} without pipeline, merging pipelines whose names coincide: {expr}",
+                    q.name()
+                ));
+            }
+        }
+    }
+    assert!(
+        filtered >= 10,
+        "only {filtered} pipeline-filtered queries found"
+    );
+    assert_no_problems("dashboards and the pipeline variable", &problems);
 }
