@@ -161,6 +161,77 @@ fn everything_compose_mounts_builds_or_reads_exists() {
     assert_no_problems("docker-compose.yml refers to missing files", &problems);
 }
 
+/// The source path of every target Cargo.toml declares (`[lib]`, `[[bin]]`,
+/// `[[example]]`, `[[bench]]`), its `path` or cargo's default for its name.
+fn cargo_target_paths() -> Vec<String> {
+    let manifest = read("Cargo.toml");
+    // (default directory, name, path) of the target being read
+    let mut current: Option<(&str, Option<String>, Option<String>)> = None;
+    let mut paths = Vec::new();
+    let mut finish = |target: Option<(&str, Option<String>, Option<String>)>| {
+        if let Some((dir, name, path)) = target {
+            paths.extend(path.or_else(|| Some(format!("{dir}/{}.rs", name?))));
+        }
+    };
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            finish(current.take());
+            current = match line {
+                "[lib]" => Some(("src", Some("lib".to_owned()), None)),
+                "[[bin]]" => Some(("src/bin", None, None)),
+                "[[example]]" => Some(("examples", None, None)),
+                "[[bench]]" => Some(("benches", None, None)),
+                _ => None,
+            };
+        } else if let Some((_, name, path)) = current.as_mut() {
+            let value = |key: &str| {
+                line.strip_prefix(key).map(|v| {
+                    v.trim_start_matches([' ', '='])
+                        .trim()
+                        .trim_matches('"')
+                        .to_owned()
+                })
+            };
+            if let Some(v) = value("path ") {
+                *path = Some(v);
+            } else if let Some(v) = value("name ") {
+                *name = Some(v);
+            }
+        }
+    }
+    finish(current.take());
+    paths
+}
+
+#[test]
+fn the_image_build_sees_every_cargo_target() {
+    let dockerfile = read("deploy/Dockerfile");
+    let dockerignore = read(".dockerignore");
+    let paths = cargo_target_paths();
+    assert!(paths.len() >= 4, "Cargo.toml declares {paths:?}");
+    let mut problems = Vec::new();
+    for path in &paths {
+        // The dependency-caching stub build stands in for every target the
+        // manifest declares (the bin must be there to build at all)...
+        if !dockerfile.contains(&format!("> {path}")) {
+            problems.push(format!("deploy/Dockerfile writes no stub for {path}"));
+        }
+        // ...and the real build needs the real file in the build context.
+        let top = path.split('/').next().unwrap_or_default();
+        if !dockerfile.contains(&format!("COPY {top} ./{top}")) {
+            problems.push(format!(
+                "deploy/Dockerfile does not COPY {top}/ (for {path})"
+            ));
+        }
+        if !dockerignore.lines().any(|l| l.trim() == format!("!{top}/")) {
+            problems.push(format!(
+                ".dockerignore keeps {top}/ out of the build context (for {path})"
+            ));
+        }
+    }
+    assert_no_problems("the image build and Cargo.toml's targets", &problems);
+}
+
 /// The host path of a container path of `service` that must be an existing
 /// file (or directory); a problem otherwise.
 fn expect_mounted(
