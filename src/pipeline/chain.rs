@@ -14,10 +14,10 @@ use tracing::Span;
 use super::call::{BoxFuture, Candidate};
 use super::error::BuildError;
 use super::execute::BoundModel;
+use super::execution::Env;
 use super::instruments::{Instruments, ModelInstruments};
 use super::lifecycle::ModelState;
 use super::report::{ModelReport, StageKind, StageReport};
-use super::runner::Env;
 
 /// A bound stage (or chain of stages) from `In` to `Out`. On failure it has
 /// pushed the failed stage's report and returns `None`.

@@ -10,11 +10,11 @@ use futures_util::FutureExt as _;
 use tracing::{field, Instrument as _, Span};
 
 use super::call::{join_error_message, panic_message, Call, ModelKind};
+use super::execution::{Env, LOW_CONFIDENCE};
 use super::instruments::ModelInstruments;
 use super::lifecycle::ModelState;
 use super::model::{Component, ModelError, Prediction};
 use super::report::{ModelReport, Outcome};
-use super::runner::{Env, LOW_CONFIDENCE};
 
 /// A model or step bound to its pipeline: its call, load state and metrics.
 pub(crate) struct BoundModel<In, Out> {

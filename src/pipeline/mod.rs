@@ -5,6 +5,7 @@ mod call;
 mod chain;
 mod error;
 mod execute;
+mod execution;
 mod instruments;
 mod lifecycle;
 mod model;
@@ -14,9 +15,10 @@ mod stage;
 
 pub use call::ModelKind;
 pub use error::{BuildError, LoadError, ModelFailure, RunError};
+pub use execution::{Execution, LOW_CONFIDENCE};
 pub use model::{AsyncModel, Component, Model, ModelError, Prediction};
 pub use report::{ModelReport, Outcome, RunReport, StageKind, StageReport};
-pub use runner::{Execution, ModelInfo, Pipeline, PipelineBuilder, StageInfo, LOW_CONFIDENCE};
+pub use runner::{ModelInfo, Pipeline, PipelineBuilder, StageInfo};
 pub use stage::{Parallel, SelectionPolicy, Sequential, Stage};
 
 #[cfg(test)]

@@ -10,9 +10,9 @@ use super::call::{BoxFuture, Candidate};
 use super::chain::{Binder, LinkChain, LinkCtx, LinkThen, StageChain, Start};
 use super::error::BuildError;
 use super::execute::{BoundModel, Ran};
+use super::execution::Env;
 use super::model::{AsyncModel, Model, ModelError, Prediction};
 use super::report::{ModelReport, Outcome, StageKind, StageReport};
-use super::runner::Env;
 
 /// How a parallel stage picks the output it passes on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

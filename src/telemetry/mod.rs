@@ -3,6 +3,7 @@
 //! the guard that flushes them.
 
 mod config;
+mod error;
 #[cfg(feature = "otlp")]
 mod export_counts;
 mod init;
@@ -11,8 +12,8 @@ mod otlp;
 mod propagation;
 
 pub use config::{ConfigError, LogFormat, OtlpTarget, Protocol, SamplerConfig, TelemetryConfig};
+pub use error::TelemetryError;
 pub use init::{
-    encode_metrics, init, init_with_writer, metrics_provider, Telemetry, TelemetryError,
-    METRICS_CONTENT_TYPE,
+    encode_metrics, init, init_with_writer, metrics_provider, Telemetry, METRICS_CONTENT_TYPE,
 };
 pub use propagation::{context_from_headers, trace_headers};

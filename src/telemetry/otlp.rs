@@ -8,7 +8,7 @@ use opentelemetry_sdk::logs::BatchLogProcessor;
 use opentelemetry_sdk::trace::BatchSpanProcessor;
 
 use super::config::OtlpTarget;
-use super::init::TelemetryError;
+use super::error::TelemetryError;
 
 #[cfg(feature = "otlp")]
 mod exporters {
@@ -17,7 +17,7 @@ mod exporters {
     use opentelemetry_otlp::WithExportConfig as _;
 
     use super::super::config::{OtlpTarget, Protocol};
-    use super::super::init::TelemetryError;
+    use super::super::error::TelemetryError;
 
     /// How long one OTLP export may take before it is given up.
     const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
