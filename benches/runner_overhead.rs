@@ -16,9 +16,9 @@
 //! After criterion's figures it prints the added time per model execution,
 //! measured side by side (interleaved batches) in the same process.
 //!
-//! On the 2-core development VM (2026-11-23): direct 6.6 µs/run; inline
-//! 24.2 µs/run (3.6×, +3.5 µs per model execution); offload 153 µs/run
-//! (23×, +29 µs per model execution, the blocking-pool hop).
+//! On the 2-core development VM (2026-11-24, typed stages): direct 4.9 µs/run;
+//! inline 21.6 µs/run (4.4×, +3.3 µs per model execution); offload 141 µs/run
+//! (29×, +27 µs per model execution, the blocking-pool hop).
 
 use std::hint::black_box;
 use std::sync::Arc;
