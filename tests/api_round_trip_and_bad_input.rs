@@ -221,8 +221,29 @@ async fn health_and_readiness_answer_json() {
     let health = send(addr, Method::GET, "/health", "", &[]).await;
     assert_eq!(health.status, StatusCode::OK);
     assert_eq!(health.json()["status"], "ok");
-    let ready = send(addr, Method::GET, "/ready", "", &[]).await;
-    assert_eq!(ready.status, StatusCode::OK);
+    // Models load in the background once the server starts: until they
+    // have, /ready is a 503 naming the check and the models not loaded yet.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let ready = loop {
+        let ready = send(addr, Method::GET, "/ready", "", &[]).await;
+        if ready.status == StatusCode::OK {
+            break ready;
+        }
+        assert_eq!(
+            ready.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            ready.body
+        );
+        let json = ready.json();
+        assert_eq!(json["checks"]["models_loaded"], false, "{json}");
+        assert!(
+            !json["models_not_loaded"].as_array().unwrap().is_empty(),
+            "{json}"
+        );
+        assert!(std::time::Instant::now() < deadline, "never ready: {json}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let json = ready.json();
     assert_eq!(json["checks"]["models_loaded"], true);
     assert_eq!(json["checks"]["not_draining"], true);
