@@ -96,6 +96,22 @@ fn bad_flags_files_and_variables_are_named() {
             vec!["--bad-share"],
         ),
         (
+            vec![
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--max-concurrent-runs",
+                "0",
+            ],
+            vec![],
+            vec!["--max-concurrent-runs"],
+        ),
+        (
+            vec!["serve", "--addr", "127.0.0.1:0"],
+            vec![("PIPELENS_RUN_QUEUE", "many")],
+            vec!["--run-queue"],
+        ),
+        (
             vec!["serve", "--addr", "127.0.0.1:0"],
             vec![("PIPELENS_LOG_FORMAT", "xml")],
             vec!["PIPELENS_LOG_FORMAT"],

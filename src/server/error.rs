@@ -1,7 +1,8 @@
 //! The API's one error type: every failure becomes a status code and a JSON
 //! body `{"error": {"code", "message", "field"?}}`.
 
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -55,6 +56,13 @@ pub enum ApiError {
     /// The service is shutting down or not ready.
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// Every run slot is busy and the queue is full (503 with
+    /// `Retry-After`).
+    #[error("too many pipeline runs in progress; retry in {retry_after_s} s")]
+    Overloaded {
+        /// What the `Retry-After` header says, in seconds.
+        retry_after_s: u64,
+    },
     /// No such route.
     #[error("no route for this path")]
     NotFound,
@@ -80,7 +88,9 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Body { status, .. } => *status,
             Self::PipelineFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Timeout(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout(_) | Self::Unavailable(_) | Self::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::NotFound | Self::UnknownPipeline { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -99,6 +109,7 @@ impl ApiError {
             Self::PipelineFailed(_) => "pipeline_failed",
             Self::Timeout(_) => "request_timeout",
             Self::Unavailable(_) => "unavailable",
+            Self::Overloaded { .. } => "overloaded",
             Self::NotFound => "not_found",
             Self::UnknownPipeline { .. } => "unknown_pipeline",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -162,6 +173,14 @@ impl IntoResponse for ApiError {
         };
         error["trace_id"] = json!(trace_id);
         let mut response = (status, Json(json!({ "error": error }))).into_response();
+        if let Self::Overloaded { retry_after_s } = &self {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(*retry_after_s));
+            // Refusals are counted in the HTTP metrics; a log line each would
+            // add load exactly when the service has none to spare.
+            return response;
+        }
         if status.is_server_error() {
             response
                 .extensions_mut()

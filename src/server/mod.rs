@@ -8,6 +8,7 @@
 //! Run it standalone with [`run`] (or [`Server::serve`]), or mount
 //! [`Server::router`] in an existing axum app.
 
+mod admission;
 mod endpoint;
 mod error;
 mod http_metrics;
@@ -26,10 +27,12 @@ use opentelemetry::metrics::Meter;
 use serde::Serialize;
 
 pub use crate::input::FieldError;
+pub use admission::Concurrency;
 pub use endpoint::Served;
 pub use error::ApiError;
 
 use crate::telemetry::{Telemetry, TelemetryError};
+use admission::Admission;
 use endpoint::Endpoint;
 use http_metrics::HttpLayer;
 
@@ -86,6 +89,7 @@ pub struct ServerBuilder {
     endpoints: Vec<Arc<dyn Endpoint>>,
     body_limit: usize,
     request_timeout: Duration,
+    concurrency: Concurrency,
 }
 
 impl ServerBuilder {
@@ -140,6 +144,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Bounds concurrent pipeline runs (default [`Concurrency::default`]:
+    /// four per core running, as many waiting, for at most 1 s). Requests
+    /// beyond get 503 `overloaded` with `Retry-After` at once.
+    #[must_use]
+    pub fn concurrency(mut self, concurrency: Concurrency) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
     /// Checks the pipeline names and builds the server.
     pub fn build(self) -> Result<Server, ServerError> {
         if self.endpoints.is_empty() {
@@ -168,6 +181,7 @@ impl ServerBuilder {
             },
             body_limit: self.body_limit,
             request_timeout: self.request_timeout,
+            admission: Arc::new(Admission::new(self.concurrency)),
             loading: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -187,6 +201,7 @@ pub struct Server {
     state: AppState,
     body_limit: usize,
     request_timeout: Duration,
+    admission: Arc<Admission>,
     loading: Arc<AtomicBool>,
 }
 
@@ -199,6 +214,7 @@ impl Server {
             endpoints: Vec::new(),
             body_limit: BODY_LIMIT_BYTES,
             request_timeout: REQUEST_TIMEOUT,
+            concurrency: Concurrency::default(),
         }
     }
 
@@ -210,14 +226,20 @@ impl Server {
     pub fn router(&self) -> Router {
         self.start_loading();
         let http = Arc::new(HttpLayer::new(&self.meter, self.request_timeout));
-        let mut router = Router::new();
+        let mut runs = Router::new();
         for endpoint in self.state.endpoints.iter() {
-            router = router.route(
+            runs = runs.route(
                 &runs_route(endpoint.name()),
                 post(routes::create_run).with_state(Arc::clone(endpoint)),
             );
         }
-        router
+        // Admission runs before the body is read, and only on run routes.
+        let runs = runs.route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&self.admission),
+            admission::admit,
+        ));
+        Router::new()
+            .merge(runs)
             .route(RUNS_ROUTE, post(routes::unknown_pipeline))
             .route("/v1/pipelines", get(routes::list_pipelines))
             .route("/health", get(routes::health))

@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand};
 use demo::loadgen::{self, LoadgenConfig};
 use demo::{ceiling, planner};
 use pipelens::faults::Faults;
-use pipelens::server::{self, Server};
+use pipelens::server::{self, Concurrency, Server};
 use pipelens::telemetry::{self, TelemetryConfig};
 
 #[derive(Parser)]
@@ -43,6 +43,16 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "PIPELENS_ADDR", default_value = "0.0.0.0:8000")]
         addr: SocketAddr,
+        /// Pipeline runs executing at once (default: 4 per core).
+        #[arg(long, env = "PIPELENS_MAX_CONCURRENT_RUNS", value_parser = clap::value_parser!(u32).range(1..))]
+        max_concurrent_runs: Option<u32>,
+        /// Runs waiting for a slot; beyond, requests get 503 at once
+        /// (default: 4 per core).
+        #[arg(long, env = "PIPELENS_RUN_QUEUE")]
+        run_queue: Option<u32>,
+        /// Longest a queued run waits for a slot before a 503, in milliseconds.
+        #[arg(long, env = "PIPELENS_MAX_QUEUE_WAIT_MS", default_value_t = 1000)]
+        max_queue_wait_ms: u64,
     },
     /// Run the pipeline once on a room file and print the report as JSON.
     Run {
@@ -113,7 +123,20 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { addr } => serve(addr).await,
+        Command::Serve {
+            addr,
+            max_concurrent_runs,
+            run_queue,
+            max_queue_wait_ms,
+        } => {
+            let defaults = Concurrency::default();
+            let concurrency = Concurrency {
+                limit: max_concurrent_runs.map_or(defaults.limit, |n| n as usize),
+                queue: run_queue.map_or(defaults.queue, |n| n as usize),
+                max_wait: Duration::from_millis(max_queue_wait_ms),
+            };
+            serve(addr, concurrency).await
+        }
         Command::Run { input } => run_once(input).await,
         Command::Loadgen {
             target,
@@ -145,7 +168,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
+async fn serve(addr: SocketAddr, concurrency: Concurrency) -> anyhow::Result<()> {
     let config = TelemetryConfig::from_env()?;
     let telemetry = telemetry::init(&config).context("cannot initialise telemetry")?;
     let faults = Arc::new(Faults::from_env()?);
@@ -154,8 +177,11 @@ async fn serve(addr: SocketAddr) -> anyhow::Result<()> {
     let server = Server::builder()
         .telemetry(&telemetry)
         .pipeline(planner::served(pipeline))
+        .concurrency(concurrency)
         .build()?;
     tracing::info!(
+        max_concurrent_runs = concurrency.limit,
+        run_queue = concurrency.queue,
         traces_exported = config.traces.is_some(),
         logs_exported = config.logs.is_some(),
         faults = ?faults.snapshot(),
