@@ -211,7 +211,7 @@ impl<In: Send + Sync + 'static, Out: Send + 'static> BoundModel<In, Out> {
                         "model completed with low confidence"
                     );
                 } else {
-                    tracing::info!(
+                    tracing::debug!(
                         stage.name = stage,
                         model.name = name,
                         model.confidence = confidence,

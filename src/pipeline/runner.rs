@@ -335,7 +335,7 @@ where
         let inner = &*self.inner;
         let started = Instant::now();
         let pipeline = inner.env.pipeline.as_str();
-        tracing::info!(pipeline.name = pipeline, "pipeline started");
+        tracing::debug!(pipeline.name = pipeline, "pipeline started");
         if let Some(drift) = &inner.drift {
             drift.observe_input(&input);
         }
@@ -344,8 +344,11 @@ where
             Some(output) => {
                 let duration = self.finish(started, 0);
                 span.record("pipeline.outcome", names::OUTCOME_SUCCESS);
+                // The one INFO line of a successful run: what won each
+                // parallel stage; per-model lines are DEBUG.
                 tracing::info!(
                     pipeline.name = pipeline,
+                    pipeline.selected = %Selected(&stages),
                     duration_ms = duration.as_secs_f64() * 1e3,
                     "pipeline completed"
                 );
@@ -411,4 +414,24 @@ fn trace_id_of(span: &Span) -> Option<String> {
     let span_ref = cx.span();
     let sc = span_ref.span_context();
     sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// The selected model of each parallel stage, `stage=model` separated by
+/// spaces, formatted only if the log line is written.
+struct Selected<'a>(&'a [StageReport]);
+
+impl std::fmt::Display for Selected<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for stage in self.0.iter().filter(|s| s.kind == StageKind::Parallel) {
+            if let Some(model) = &stage.selected_model {
+                if !first {
+                    f.write_str(" ")?;
+                }
+                write!(f, "{}={model}", stage.stage)?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
 }

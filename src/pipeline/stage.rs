@@ -324,7 +324,7 @@ where
                 let model = &self.models[*index];
                 model.metrics.selected();
                 span.in_scope(|| {
-                    tracing::info!(
+                    tracing::debug!(
                         stage.name = self.name.as_str(),
                         model.name = model.name(),
                         model.confidence = prediction.confidence,
