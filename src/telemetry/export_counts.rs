@@ -6,6 +6,7 @@
 //! on the batches that failed.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::metrics::{Counter, Meter};
@@ -15,9 +16,13 @@ use opentelemetry_sdk::logs::{LogBatch, LogExporter};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
 
+use super::queue_gate::Gate;
+
 /// An exporter wrapper that counts items per export outcome.
 pub(crate) struct Counted<E> {
     inner: E,
+    /// The queue gate in front of the batch processor, told what left.
+    gate: Arc<Gate>,
     exported: Counter<u64>,
     /// `otel.component.type`, then the same with each `error.type`.
     ok: [KeyValue; 1],
@@ -35,7 +40,13 @@ impl<E> fmt::Debug for Counted<E> {
 impl<E> Counted<E> {
     /// Wraps `inner`; `signal` is `span` or `log`, `component` names the
     /// exporter (`otlp_grpc_span_exporter`, ...).
-    pub(crate) fn new(inner: E, meter: &Meter, signal: &str, component: &'static str) -> Self {
+    pub(crate) fn new(
+        inner: E,
+        gate: Arc<Gate>,
+        meter: &Meter,
+        signal: &str,
+        component: &'static str,
+    ) -> Self {
         let unit = if signal == "span" {
             "{span}"
         } else {
@@ -51,6 +62,7 @@ impl<E> Counted<E> {
             .map(|e| [component.clone(), KeyValue::new("error.type", e)]);
         Self {
             inner,
+            gate,
             exported,
             ok: [component],
             failed,
@@ -58,6 +70,7 @@ impl<E> Counted<E> {
     }
 
     fn count(&self, items: u64, result: &OTelSdkResult) {
+        self.gate.handed_to_exporter(items as usize);
         let attrs: &[KeyValue] = match result {
             Ok(()) => &self.ok,
             Err(OTelSdkError::Timeout(_)) => &self.failed[0],

@@ -10,6 +10,8 @@ mod init;
 mod json;
 mod otlp;
 mod propagation;
+#[cfg(feature = "otlp")]
+mod queue_gate;
 
 pub use config::{ConfigError, LogFormat, OtlpTarget, Protocol, SamplerConfig, TelemetryConfig};
 pub use error::TelemetryError;

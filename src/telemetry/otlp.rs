@@ -9,6 +9,10 @@ use opentelemetry_sdk::trace::BatchSpanProcessor;
 
 use super::config::OtlpTarget;
 use super::error::TelemetryError;
+#[cfg(feature = "otlp")]
+use super::queue_gate::{queue_size, Gate, Gated};
+#[cfg(feature = "otlp")]
+use std::sync::Arc;
 
 #[cfg(feature = "otlp")]
 mod exporters {
@@ -85,28 +89,54 @@ mod exporters {
     }
 }
 
-/// The batch processor that exports spans to `target`, counting them.
+/// The batch processor that exports spans to `target`, counting what it
+/// exports and what it drops. Queue size, batch size and delay follow
+/// `OTEL_BSP_*`.
 #[cfg(feature = "otlp")]
 pub(crate) fn span_processor(
     target: &OtlpTarget,
     meter: &Meter,
-) -> Result<BatchSpanProcessor, TelemetryError> {
+) -> Result<Gated<BatchSpanProcessor>, TelemetryError> {
     use super::export_counts::Counted;
+    use opentelemetry_sdk::trace::BatchConfigBuilder;
     let exporter = exporters::span_exporter(target)?;
     let component = exporters::component("span", target);
-    Ok(BatchSpanProcessor::builder(Counted::new(exporter, meter, "span", component)).build())
+    let capacity = queue_size("span");
+    let gate = Gate::new(meter, "span", "batching_span_processor", capacity);
+    let exporter = Counted::new(exporter, Arc::clone(&gate), meter, "span", component);
+    // The SDK reads the other OTEL_BSP_* variables itself; the queue size
+    // is set explicitly so the gate and the queue agree.
+    let config = BatchConfigBuilder::default()
+        .with_max_queue_size(capacity)
+        .build();
+    let processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(config)
+        .build();
+    Ok(Gated::new(processor, gate))
 }
 
-/// The batch processor that exports log records to `target`, counting them.
+/// The batch processor that exports log records to `target`, counting what
+/// it exports and what it drops. Queue size, batch size and delay follow
+/// `OTEL_BLRP_*`.
 #[cfg(feature = "otlp")]
 pub(crate) fn log_processor(
     target: &OtlpTarget,
     meter: &Meter,
-) -> Result<BatchLogProcessor, TelemetryError> {
+) -> Result<Gated<BatchLogProcessor>, TelemetryError> {
     use super::export_counts::Counted;
+    use opentelemetry_sdk::logs::BatchConfigBuilder;
     let exporter = exporters::log_exporter(target)?;
     let component = exporters::component("log", target);
-    Ok(BatchLogProcessor::builder(Counted::new(exporter, meter, "log", component)).build())
+    let capacity = queue_size("log");
+    let gate = Gate::new(meter, "log", "batching_log_processor", capacity);
+    let exporter = Counted::new(exporter, Arc::clone(&gate), meter, "log", component);
+    let config = BatchConfigBuilder::default()
+        .with_max_queue_size(capacity)
+        .build();
+    let processor = BatchLogProcessor::builder(exporter)
+        .with_batch_config(config)
+        .build();
+    Ok(Gated::new(processor, gate))
 }
 
 /// Without the `otlp` feature there is no exporter to build.
