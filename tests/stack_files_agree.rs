@@ -847,6 +847,17 @@ const PROMETHEUS_SYNTHETIC_METRICS: &[&str] = &[
 /// Alertmanager, Loki, Grafana, Jaeger / the OpenTelemetry Collector, Go
 /// runtimes). A selector restricted to the pipelens job never counts as one
 /// of these: the service must export it.
+/// pipelens' own telemetry self-observability series, which exist only with
+/// OTLP export configured (the in-process service here has none):
+/// `a_dead_backend_costs_only_dropped_telemetry` and
+/// `a_full_export_queue_counts_every_drop` check them on a live /metrics.
+const OTLP_SELF_OBSERVABILITY: &[&str] = &[
+    "otel_sdk_processor_span_processed_total",
+    "otel_sdk_processor_log_processed_total",
+    "otel_sdk_exporter_span_exported_total",
+    "otel_sdk_exporter_log_exported_total",
+];
+
 const KNOWN_EXTERNAL_PREFIXES: &[&str] = &[
     "prometheus_",
     "alertmanager_",
@@ -942,6 +953,9 @@ async fn every_metric_in_rules_and_dashboards_is_exported_or_known() {
                 continue;
             }
             if PROMETHEUS_SYNTHETIC_METRICS.contains(&name.as_str()) {
+                continue;
+            }
+            if OTLP_SELF_OBSERVABILITY.contains(&name.as_str()) {
                 continue;
             }
             if KNOWN_EXTERNAL_PREFIXES.iter().any(|p| name.starts_with(p))
