@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use hyper::{Method, StatusCode};
 use pipelens::faults::Faults;
-use pipelens::telemetry::{self, OtlpTarget, Protocol, TelemetryConfig};
+use pipelens::telemetry;
 use support::service::{post_room, send, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,17 +21,7 @@ async fn requests_succeed_and_lost_spans_and_logs_are_counted() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let config = TelemetryConfig {
-        traces: Some(OtlpTarget {
-            endpoint: format!("http://{dead}"),
-            protocol: Protocol::Grpc,
-        }),
-        logs: Some(OtlpTarget {
-            endpoint: format!("http://{dead}/v1/logs"),
-            protocol: Protocol::HttpProtobuf,
-        }),
-        ..TelemetryConfig::default()
-    };
+    let config = support::otlp::export_to(dead);
     let telemetry = Arc::new(telemetry::init_with_writer(&config, std::io::sink).unwrap());
     let service = start(
         &telemetry.meter(),

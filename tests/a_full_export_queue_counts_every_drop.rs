@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 use pipelens::faults::Faults;
-use pipelens::telemetry::{self, OtlpTarget, Protocol, TelemetryConfig};
+use pipelens::telemetry;
 use support::service::{post_room, send, start};
 
 const QUEUE: usize = 8;
@@ -55,17 +55,7 @@ async fn every_item_a_full_queue_drops_is_counted() {
     ] {
         std::env::set_var(var, value);
     }
-    let config = TelemetryConfig {
-        traces: Some(OtlpTarget {
-            endpoint: format!("http://{addr}"),
-            protocol: Protocol::Grpc,
-        }),
-        logs: Some(OtlpTarget {
-            endpoint: format!("http://{addr}/v1/logs"),
-            protocol: Protocol::HttpProtobuf,
-        }),
-        ..TelemetryConfig::default()
-    };
+    let config = support::otlp::export_to(addr);
     // Never shut down: its flush would wait on the silent endpoint.
     let telemetry: &'static telemetry::Telemetry = Box::leak(Box::new(
         telemetry::init_with_writer(&config, std::io::sink).unwrap(),

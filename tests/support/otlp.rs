@@ -172,3 +172,21 @@ pub async fn start_http() -> (SocketAddr, Received) {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (addr, received)
 }
+
+/// Telemetry that exports spans over OTLP gRPC and logs over OTLP
+/// HTTP/protobuf to `addr`, both protocols at once (the stack's own mix:
+/// Jaeger over gRPC, Loki over HTTP).
+pub fn export_to(addr: SocketAddr) -> pipelens::telemetry::TelemetryConfig {
+    use pipelens::telemetry::{OtlpTarget, Protocol, TelemetryConfig};
+    TelemetryConfig {
+        traces: Some(OtlpTarget {
+            endpoint: format!("http://{addr}"),
+            protocol: Protocol::Grpc,
+        }),
+        logs: Some(OtlpTarget {
+            endpoint: format!("http://{addr}/v1/logs"),
+            protocol: Protocol::HttpProtobuf,
+        }),
+        ..TelemetryConfig::default()
+    }
+}
