@@ -91,6 +91,17 @@ impl ModelState {
         self.load_locked(pipeline).await
     }
 
+    /// Loads the model unless it has loaded meanwhile (a request may have
+    /// loaded it while this call waited for the lock): a model never loads
+    /// twice because two callers saw it missing at once.
+    pub(crate) async fn load_if_missing(&self, pipeline: &str) -> Result<(), ModelError> {
+        let _guard = self.lock.lock().await;
+        if self.state.load(Ordering::Acquire) == LOADED {
+            return Ok(());
+        }
+        self.load_locked(pipeline).await
+    }
+
     /// Loads the model unless it is loaded or its last load failed (a failed
     /// model is retried by [`ModelState::load`], not on the request path).
     pub(crate) async fn ensure_loaded(&self, pipeline: &str) -> Result<(), ModelError> {

@@ -272,21 +272,24 @@ where
     /// on `ml_model_loaded`. Models that already loaded load again (a
     /// reload). Fails with every model that did not load.
     pub async fn load(&self) -> Result<(), LoadError> {
-        self.load_where(|_| true).await
+        self.load_each(false).await
     }
 
     /// Loads the models that have not loaded yet (or whose last load failed).
     pub async fn load_missing(&self) -> Result<(), LoadError> {
-        self.load_where(|m| !m.is_loaded()).await
+        self.load_each(true).await
     }
 
-    async fn load_where(&self, pick: impl Fn(&ModelState) -> bool) -> Result<(), LoadError> {
+    async fn load_each(&self, only_missing: bool) -> Result<(), LoadError> {
         let pipeline = self.name();
-        let results = futures_util::future::join_all(
-            self.states()
-                .filter(|m| pick(m))
-                .map(|m| async move { (m, m.load(pipeline).await) }),
-        )
+        let results = futures_util::future::join_all(self.states().map(|m| async move {
+            let result = if only_missing {
+                m.load_if_missing(pipeline).await
+            } else {
+                m.load(pipeline).await
+            };
+            (m, result)
+        }))
         .await;
         let failures: Vec<(String, String)> = results
             .into_iter()

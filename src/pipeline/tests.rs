@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use tracing::Instrument as _;
-
 use super::*;
 use crate::telemetry::{encode_metrics, metrics_provider};
 
@@ -635,6 +633,43 @@ async fn a_model_that_was_never_loaded_loads_before_its_first_run() {
     );
 }
 
+/// An async model whose load takes a while and is counted.
+struct SlowLoad(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl AsyncModel<Trail, Trail> for SlowLoad {
+    fn name(&self) -> &str {
+        "slow_load"
+    }
+    fn version(&self) -> &str {
+        "1"
+    }
+    async fn load(&self) -> Result<(), ModelError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(())
+    }
+    async fn run(&self, input: &Trail) -> Result<Prediction<Trail>, ModelError> {
+        Ok(Prediction::new(input.clone(), 0.9))
+    }
+}
+
+#[tokio::test]
+async fn a_background_load_and_a_first_run_racing_load_the_model_once() {
+    let loads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = Harness::new(
+        stages![Stage::sequential("one").async_model(SlowLoad(std::sync::Arc::clone(&loads)))],
+        Execution::Inline,
+    )
+    .unwrap();
+    // The run takes the load lock first; the background load saw the model
+    // missing before it got the lock, and must not load it again.
+    let (run, load) = tokio::join!(h.pipeline.run(Vec::new()), h.pipeline.load_missing());
+    run.unwrap();
+    load.unwrap();
+    assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(h.pipeline.is_loaded());
+}
+
 #[tokio::test]
 async fn two_pipelines_with_the_same_model_names_keep_separate_series() {
     let (registry, provider) =
@@ -660,107 +695,5 @@ async fn two_pipelines_with_the_same_model_names_keep_separate_series() {
         r#"ml_model_confidence_score{model_name="twin",pipeline="good"} 0.9"#,
     ] {
         assert!(text.contains(line), "missing {line}:\n{text}");
-    }
-}
-
-/// A span's name and its parent's name.
-type NameAndParent = (String, Option<String>);
-
-/// Collects, for every span, its name and its parent's name.
-#[derive(Clone, Default)]
-struct Parents(std::sync::Arc<std::sync::Mutex<Vec<NameAndParent>>>);
-
-impl<S> tracing_subscriber::Layer<S> for Parents
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-{
-    fn on_new_span(
-        &self,
-        attrs: &tracing::span::Attributes<'_>,
-        id: &tracing::span::Id,
-        ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        let parent = ctx
-            .span(id)
-            .and_then(|s| s.parent())
-            .map(|p| p.name().to_owned());
-        self.0
-            .lock()
-            .unwrap()
-            .push((attrs.metadata().name().to_owned(), parent));
-    }
-}
-
-/// A sync model and an async model that open spans of their own.
-struct Chatty;
-
-impl Model<Trail, Trail> for Chatty {
-    fn name(&self) -> &str {
-        "chatty_sync"
-    }
-    fn version(&self) -> &str {
-        "1"
-    }
-    fn run(&self, input: &Trail) -> Result<Prediction<Trail>, ModelError> {
-        let _inner = tracing::info_span!("sync.inner").entered();
-        Ok(Prediction::new(input.clone(), 0.5))
-    }
-}
-
-impl AsyncModel<Trail, Trail> for Chatty {
-    fn name(&self) -> &str {
-        "chatty_async"
-    }
-    fn version(&self) -> &str {
-        "1"
-    }
-    async fn run(&self, input: &Trail) -> Result<Prediction<Trail>, ModelError> {
-        async { tokio::task::yield_now().await }
-            .instrument(tracing::info_span!("async.inner"))
-            .await;
-        Ok(Prediction::new(input.clone(), 0.5))
-    }
-}
-
-#[test]
-fn a_models_own_spans_are_children_of_its_model_run_span() {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    let parents = Parents::default();
-    let subscriber = tracing_subscriber::registry().with(parents.clone());
-    let _guard = tracing::subscriber::set_default(subscriber);
-    for execution in [Execution::Offload, Execution::Inline] {
-        // A current-thread runtime keeps the subscriber (a thread default)
-        // on the polling thread; offloaded models run on the blocking pool,
-        // where the span carries its own dispatcher.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let pipeline = Pipeline::builder("spans")
-            .execution(execution)
-            .stage(
-                Stage::parallel("both")
-                    .model(Chatty)
-                    .async_model(Chatty)
-                    .timeout(Duration::from_secs(5)),
-            )
-            .build()
-            .unwrap();
-        runtime.block_on(pipeline.run(Vec::new())).unwrap();
-        let seen = parents.0.lock().unwrap().clone();
-        for (inner, expected) in [
-            ("sync.inner", Some("model.run")),
-            ("async.inner", Some("model.run")),
-            ("model.run", Some("stage.run")),
-            ("stage.run", Some("pipeline.run")),
-        ] {
-            let found = seen.iter().find(|(n, _)| n == inner);
-            assert_eq!(
-                found.map(|(_, p)| p.as_deref()),
-                Some(expected),
-                "{execution:?}: {seen:?}"
-            );
-        }
-        parents.0.lock().unwrap().clear();
     }
 }
