@@ -13,8 +13,9 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use prometheus::{Encoder as _, TextEncoder};
-use tracing_subscriber::filter::{filter_fn, FilterExt as _};
+use tracing_subscriber::filter::{filter_fn, FilterExt as _, ParseError, Targets};
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::Filter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -55,13 +56,22 @@ impl std::fmt::Debug for Telemetry {
 /// subscriber (stdout), the OTel meter and tracer providers, and the W3C
 /// trace-context propagator. Must be called inside a tokio runtime when a
 /// gRPC exporter is configured.
+/// Console lines carry ANSI colours only when stdout is a terminal.
 pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
-    init_with_writer(config, std::io::stdout)
+    use std::io::IsTerminal as _;
+    install(config, std::io::stdout, std::io::stdout().is_terminal())
 }
 
 /// Like [`init`], with log lines written to `writer` instead of stdout (tests
-/// and benchmarks use a buffer or a sink).
+/// and benchmarks use a buffer or a sink), without ANSI colours.
 pub fn init_with_writer<W>(config: &TelemetryConfig, writer: W) -> Result<Telemetry, TelemetryError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    install(config, writer, false)
+}
+
+fn install<W>(config: &TelemetryConfig, writer: W, ansi: bool) -> Result<Telemetry, TelemetryError>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -72,11 +82,12 @@ where
     let meter = meter_provider.meter("pipelens");
 
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
-    let fmt_filter = env_filter(&config.log_filter)?;
+    let fmt_filter = directive_filter(&config.log_filter)?;
     layers.push(match config.log_format {
         LogFormat::Json => JsonLayer::new(writer).with_filter(fmt_filter).boxed(),
         LogFormat::Console => tracing_subscriber::fmt::layer()
             .with_writer(writer)
+            .with_ansi(ansi)
             .event_format(WithTraceId(tracing_subscriber::fmt::format()))
             .with_filter(fmt_filter)
             .boxed(),
@@ -203,16 +214,33 @@ pub fn encode_metrics(registry: &prometheus::Registry) -> String {
 /// The `Content-Type` of [`encode_metrics`]'s output.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-fn env_filter(directives: &str) -> Result<EnvFilter, ConfigError> {
-    EnvFilter::try_new(directives).map_err(|e| ConfigError {
+/// A per-layer filter for `RUST_LOG`-syntax directives. Directives that
+/// name only targets and levels (the usual case) become a [`Targets`]
+/// filter, decided once per callsite and cached; directives with span or
+/// field matchers (`[span{field=value}]`) need an [`EnvFilter`], which tracks
+/// every span and takes a lock on every enter and exit of every span.
+fn directive_filter(directives: &str) -> Result<BoxedFilter, ConfigError> {
+    let invalid = |reason: String| ConfigError {
         variable: "RUST_LOG".to_owned(),
         value: directives.to_owned(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    if directives.contains(['[', '{']) {
+        let filter = EnvFilter::try_new(directives).map_err(|e| invalid(e.to_string()))?;
+        Ok(Box::new(filter))
+    } else {
+        let filter: Targets = directives
+            .parse()
+            .map_err(|e: ParseError| invalid(e.to_string()))?;
+        Ok(Box::new(filter))
+    }
 }
 
-fn otel_filter(directives: &str) -> Result<EnvFilter, ConfigError> {
-    env_filter(&format!("{directives},{OTEL_FEEDBACK_TARGETS}"))
+/// A filter of either kind, for one layer.
+type BoxedFilter = Box<dyn Filter<Registry> + Send + Sync + 'static>;
+
+fn otel_filter(directives: &str) -> Result<BoxedFilter, ConfigError> {
+    directive_filter(&format!("{directives},{OTEL_FEEDBACK_TARGETS}"))
 }
 
 impl Telemetry {
