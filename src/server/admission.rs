@@ -4,7 +4,6 @@
 //! answered in microseconds instead of piling up behind the blocking pool.
 //! Only the run routes are limited: /health, /ready and /metrics stay fast.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,19 +37,24 @@ impl Default for Concurrency {
     }
 }
 
-/// The shared admission state of a server's run routes.
+/// The shared admission state of a server's run routes: a request first
+/// takes one of `limit + queue` admission tickets (none left: 503 at once),
+/// then waits for one of `limit` run slots. Both are released together when
+/// the run's response is ready, so the count is exact: a finished request
+/// frees its ticket before its client can send the next one.
 #[derive(Debug)]
 pub(crate) struct Admission {
-    permits: Arc<Semaphore>,
-    waiting: AtomicUsize,
+    tickets: Arc<Semaphore>,
+    slots: Arc<Semaphore>,
     config: Concurrency,
 }
 
 impl Admission {
     pub(crate) fn new(config: Concurrency) -> Self {
+        let limit = config.limit.max(1);
         Self {
-            permits: Arc::new(Semaphore::new(config.limit.max(1))),
-            waiting: AtomicUsize::new(0),
+            tickets: Arc::new(Semaphore::new(limit + config.queue)),
+            slots: Arc::new(Semaphore::new(limit)),
             config,
         }
     }
@@ -68,34 +72,28 @@ pub(crate) async fn admit(
     request: Request,
     next: Next,
 ) -> Response {
-    let permit = match Arc::clone(&admission.permits).try_acquire_owned() {
-        Ok(permit) => permit,
-        Err(_) => {
-            let queued = admission.waiting.fetch_add(1, Ordering::AcqRel);
-            let permit = if queued < admission.config.queue {
-                tokio::time::timeout(
-                    admission.config.max_wait,
-                    Arc::clone(&admission.permits).acquire_owned(),
-                )
-                .await
-                .ok()
-                .and_then(Result::ok)
-            } else {
-                None
-            };
-            admission.waiting.fetch_sub(1, Ordering::AcqRel);
-            match permit {
-                Some(permit) => permit,
-                None => {
-                    return ApiError::Overloaded {
-                        retry_after_s: admission.retry_after(),
-                    }
-                    .into_response()
-                }
-            }
+    let overloaded = || {
+        ApiError::Overloaded {
+            retry_after_s: admission.retry_after(),
         }
+        .into_response()
+    };
+    let Ok(ticket) = Arc::clone(&admission.tickets).try_acquire_owned() else {
+        return overloaded();
+    };
+    let slot = match Arc::clone(&admission.slots).try_acquire_owned() {
+        Ok(slot) => slot,
+        Err(_) => match tokio::time::timeout(
+            admission.config.max_wait,
+            Arc::clone(&admission.slots).acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(slot)) => slot,
+            _ => return overloaded(),
+        },
     };
     let response = next.run(request).await;
-    drop(permit);
+    drop((slot, ticket));
     response
 }
