@@ -113,6 +113,11 @@ fn bad_flags_files_and_variables_are_named() {
         ),
         (
             vec!["serve", "--addr", "127.0.0.1:0"],
+            vec![("PIPELENS_SHUTDOWN_GRACE_SECS", "-1")],
+            vec!["--shutdown-grace-secs"],
+        ),
+        (
+            vec!["serve", "--addr", "127.0.0.1:0"],
             vec![("PIPELENS_LOG_FORMAT", "xml")],
             vec!["PIPELENS_LOG_FORMAT"],
         ),
@@ -242,5 +247,245 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_cleanly() {
     assert!(
         stdout.contains(r#""message":"pipeline completed""#),
         "{stdout}"
+    );
+}
+
+/// What one client request of the load saw.
+struct Sent {
+    started: Instant,
+    finished: Instant,
+    outcome: Result<(StatusCode, String), String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_finishes_in_flight_refuses_new_flushes_telemetry_and_exits_in_time() {
+    let (collector, received) = support::otlp::start_http().await;
+    let dir = tempfile::tempdir().unwrap();
+    let faults = dir.path().join("faults.json");
+    // Every run takes at least 300 ms: many are in flight at SIGTERM.
+    std::fs::write(&faults, r#"{"air_supply": {"latency_ms": 300}}"#).unwrap();
+    let addr = free_port();
+    let endpoint = format!("http://{collector}");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--addr", &addr.to_string()])
+        .args(["--shutdown-grace-secs", "10"])
+        .env("PIPELENS_FAULTS_FILE", &faults)
+        .env("PIPELENS_LOG_FORMAT", "json")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        // No export before the shutdown flush: what arrives, it flushed.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .env("OTEL_BLRP_SCHEDULE_DELAY", "600000")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the service to be ready",
+        Duration::from_secs(20),
+        async || {
+            support::service::try_send(addr, Method::GET, "/ready", "", &[])
+                .await
+                .is_ok_and(|r| r.status == StatusCode::OK)
+        },
+    )
+    .await;
+
+    // Twelve clients, each sending one run after another on new
+    // connections, until the service is gone.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..12)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut sent = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let started = Instant::now();
+                    let outcome = support::service::try_send(
+                        addr,
+                        Method::POST,
+                        &support::service::ceiling_route(),
+                        r#"{"width": 10, "length": 10}"#,
+                        &[("content-type", "application/json")],
+                    )
+                    .await
+                    .map(|r| (r.status, r.body));
+                    let refused = outcome.is_err();
+                    sent.push(Sent {
+                        started,
+                        finished: Instant::now(),
+                        outcome,
+                    });
+                    if refused {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let signalled = Instant::now();
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(20),
+            "pipelens did not exit within its 10 s grace and the flush"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let exited_after = signalled.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut sent = Vec::new();
+    for client in clients {
+        sent.extend(client.await.unwrap());
+    }
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "exit {status:?}: {stderr}");
+    assert!(
+        exited_after < Duration::from_secs(5),
+        "took {exited_after:?}"
+    );
+
+    // In flight at SIGTERM: started before it, answered after it, all 200.
+    let in_flight: Vec<&Sent> = sent
+        .iter()
+        .filter(|s| s.started < signalled && s.finished > signalled)
+        .collect();
+    let finished: Vec<&Sent> = in_flight
+        .iter()
+        .copied()
+        .filter(|s| matches!(&s.outcome, Ok((StatusCode::OK, _))))
+        .collect();
+    assert!(
+        finished.len() >= 4,
+        "only {} of {} requests in flight at SIGTERM finished",
+        finished.len(),
+        in_flight.len()
+    );
+    for s in &sent {
+        if let Ok((status, body)) = &s.outcome {
+            assert_eq!(*status, StatusCode::OK, "{body}");
+        }
+    }
+    // Sent well after SIGTERM: refused, never served.
+    let late: Vec<&Sent> = sent
+        .iter()
+        .filter(|s| s.started > signalled + Duration::from_millis(200))
+        .collect();
+    assert!(!late.is_empty(), "no request was sent after SIGTERM");
+    for s in &late {
+        assert!(s.outcome.is_err(), "served after SIGTERM: {:?}", s.outcome);
+    }
+
+    // Flushed: every answered run's trace reached the collector, with its
+    // one INFO log line, though the batch delay never came round.
+    let answered: Vec<String> = sent
+        .iter()
+        .filter_map(|s| s.outcome.as_ref().ok())
+        .map(|(_, body)| {
+            let json: serde_json::Value = serde_json::from_str(body).unwrap();
+            json["trace_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let traces: std::collections::HashSet<String> = received
+        .spans()
+        .iter()
+        .filter(|s| s.name == "pipeline.run")
+        .map(|s| support::otlp::hex(&s.trace_id))
+        .collect();
+    for trace_id in &answered {
+        assert!(traces.contains(trace_id), "trace {trace_id} not flushed");
+    }
+    let completed = received
+        .logs()
+        .iter()
+        .filter(|l| support::otlp::body_text(l) == "pipeline completed")
+        .count();
+    assert_eq!(
+        completed,
+        answered.len(),
+        "one completion log per answered run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_shutdown_grace_the_service_stops_without_the_run_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = dir.path().join("faults.json");
+    std::fs::write(&faults, r#"{"air_supply": {"latency_ms": 5000}}"#).unwrap();
+    let addr = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--addr", &addr.to_string()])
+        .args(["--shutdown-grace-secs", "0.5"])
+        .env("PIPELENS_FAULTS_FILE", &faults)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the service to be ready",
+        Duration::from_secs(20),
+        async || {
+            support::service::try_send(addr, Method::GET, "/ready", "", &[])
+                .await
+                .is_ok_and(|r| r.status == StatusCode::OK)
+        },
+    )
+    .await;
+    let slow = tokio::spawn(async move {
+        support::service::try_send(
+            addr,
+            Method::POST,
+            &support::service::ceiling_route(),
+            r#"{"width": 10, "length": 10}"#,
+            &[("content-type", "application/json")],
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(4),
+            "still running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("0.5 s after the shutdown signal"),
+        "{stderr}"
+    );
+    assert!(
+        slow.await.unwrap().is_err(),
+        "the cut-off run got no answer"
     );
 }

@@ -45,6 +45,12 @@ pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
 /// Default longest a request may take before it is answered with 503.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long in-flight requests may take to finish after a shutdown signal
+/// before the server stops anyway (see [`ServerBuilder::shutdown_grace`]).
+/// With telemetry's own flush (bounded by the exporter timeout, 10 s by
+/// default) it stays under Kubernetes' default 30 s termination grace.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+
 /// The run route of the pipeline `name`.
 pub fn runs_route(name: &str) -> String {
     RUNS_ROUTE.replace("{name}", name)
@@ -71,6 +77,15 @@ pub enum ServerError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// In-flight requests were still running when the shutdown grace period
+    /// ended; the server stopped without them.
+    #[error(
+        "requests still in flight {grace_s} s after the shutdown signal; stopped without them"
+    )]
+    ShutdownGraceExpired {
+        /// The grace period, in seconds.
+        grace_s: f64,
+    },
     /// Telemetry could not be flushed at shutdown.
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
@@ -90,6 +105,7 @@ pub struct ServerBuilder {
     body_limit: usize,
     request_timeout: Duration,
     concurrency: Concurrency,
+    shutdown_grace: Duration,
 }
 
 impl ServerBuilder {
@@ -144,6 +160,15 @@ impl ServerBuilder {
         self
     }
 
+    /// How long in-flight requests may take to finish after the shutdown
+    /// signal (default [`SHUTDOWN_GRACE`]); past it, [`Server::serve`] stops
+    /// without them and fails with [`ServerError::ShutdownGraceExpired`].
+    #[must_use]
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
     /// Bounds concurrent pipeline runs (default [`Concurrency::default`]:
     /// four per core running, as many waiting, for at most 1 s). Requests
     /// beyond get 503 `overloaded` with `Retry-After` at once.
@@ -183,6 +208,7 @@ impl ServerBuilder {
             request_timeout: self.request_timeout,
             admission: Arc::new(Admission::new(self.concurrency)),
             loading: Arc::new(AtomicBool::new(false)),
+            shutdown_grace: self.shutdown_grace,
         })
     }
 }
@@ -203,6 +229,7 @@ pub struct Server {
     request_timeout: Duration,
     admission: Arc<Admission>,
     loading: Arc<AtomicBool>,
+    shutdown_grace: Duration,
 }
 
 impl Server {
@@ -215,6 +242,7 @@ impl Server {
             body_limit: BODY_LIMIT_BYTES,
             request_timeout: REQUEST_TIMEOUT,
             concurrency: Concurrency::default(),
+            shutdown_grace: SHUTDOWN_GRACE,
         }
     }
 
@@ -267,22 +295,47 @@ impl Server {
     }
 
     /// Serves on `listener` until `shutdown` resolves, then marks the server
-    /// as draining, stops accepting connections and lets in-flight requests
-    /// finish.
+    /// as draining (/ready turns 503), stops accepting connections, closes
+    /// idle keep-alive connections and lets in-flight requests finish, for
+    /// at most the shutdown grace period.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    ) -> Result<(), ServerError> {
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
         let readiness = Arc::clone(&self.state.readiness);
+        let grace = self.shutdown_grace;
         let router = self.router();
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                readiness.draining.store(true, Ordering::SeqCst);
-                tracing::info!("shutdown signal received, draining in-flight requests");
-            })
-            .await
+        let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+        let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
+            shutdown.await;
+            readiness.draining.store(true, Ordering::SeqCst);
+            tracing::info!(
+                grace_s = grace.as_secs_f64(),
+                "shutdown signal received, draining in-flight requests"
+            );
+            let _ = signalled.send(());
+        });
+        let grace_expired = async move {
+            if on_signal.await.is_err() {
+                // The server ended without a signal (an I/O error).
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            served = serving => served.map_err(|source| ServerError::Io { addr, source }),
+            () = grace_expired => {
+                tracing::error!(
+                    grace_s = grace.as_secs_f64(),
+                    "shutdown grace period over with requests in flight; stopping without them"
+                );
+                Err(ServerError::ShutdownGraceExpired { grace_s: grace.as_secs_f64() })
+            }
+        }
     }
 
     fn start_loading(&self) {
@@ -327,7 +380,7 @@ pub async fn run(
     let local = listener.local_addr().map_err(io)?;
     let pipelines: Vec<&str> = server.state.endpoints.iter().map(|e| e.name()).collect();
     tracing::info!(address = %local, pipelines = ?pipelines, "pipelens listening");
-    let served = server.serve(listener, shutdown_signal()).await.map_err(io);
+    let served = server.serve(listener, shutdown_signal()).await;
     let flushed = tokio::task::spawn_blocking(move || telemetry.shutdown())
         .await
         .unwrap_or_else(|e| Err(TelemetryError::Shutdown(e.to_string())));

@@ -6,12 +6,12 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::StatusCode;
+use hyper::{Method, StatusCode};
 use pipelens::faults::Faults;
 use pipelens::telemetry::{self, LogFormat, OtlpTarget, Protocol, TelemetryConfig};
 
-use super::otlp::{self, attr_str, body_text};
-use super::service::{post_room, start};
+use super::otlp::{self, attr_str, body_text, hex};
+use super::service::{post_room, send, start};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN_ID: &str = "00f067aa0ba902b7";
@@ -28,10 +28,6 @@ impl Write for Captured {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub async fn spans_and_logs_arrive(protocol: Protocol) {
@@ -66,6 +62,16 @@ pub async fn spans_and_logs_arrive(protocol: Protocol) {
         10,
     )
     .await;
+    // As a load balancer would: no traffic before /ready, so every model
+    // loads in its own start-up trace, never inside the run's.
+    let start_wait = std::time::Instant::now();
+    while send(service, Method::GET, "/ready", "", &[]).await.status != StatusCode::OK {
+        assert!(
+            start_wait.elapsed() < Duration::from_secs(10),
+            "never ready"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let traceparent = format!("00-{TRACE_ID}-{CLIENT_SPAN_ID}-01");
     let reply = post_room(

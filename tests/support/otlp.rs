@@ -129,6 +129,11 @@ impl LogsService for Grpc {
     }
 }
 
+/// Lower-case hex of a trace or span id.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Starts an OTLP/gRPC receiver on a loopback port.
 pub async fn start_grpc() -> (SocketAddr, Received) {
     let received = Received::default();
@@ -147,6 +152,11 @@ pub async fn start_grpc() -> (SocketAddr, Received) {
 /// Starts an OTLP/HTTP (protobuf) receiver on a loopback port, serving
 /// `/v1/traces` and `/v1/logs`.
 pub async fn start_http() -> (SocketAddr, Received) {
+    start_http_at("127.0.0.1:0".parse().unwrap()).await
+}
+
+/// Starts an OTLP/HTTP (protobuf) receiver on `addr`.
+pub async fn start_http_at(addr: SocketAddr) -> (SocketAddr, Received) {
     let received = Received::default();
     let traces = received.clone();
     let logs = received.clone();
@@ -167,7 +177,7 @@ pub async fn start_http() -> (SocketAddr, Received) {
                 ExportLogsServiceResponse::default().encode_to_vec()
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (addr, received)

@@ -75,6 +75,20 @@ pub async fn send(
     body: &str,
     headers: &[(&str, &str)],
 ) -> Reply {
+    try_send(addr, method, path, body, headers)
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Sends a request on a new connection; the reply, or why none came
+/// (connection refused or closed).
+pub async fn try_send(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut builder = Request::builder()
         .method(method)
@@ -84,16 +98,24 @@ pub async fn send(
     }
     let request = builder
         .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
+        .map_err(|e| e.to_string())?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
     let status = response.status();
     let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    Reply {
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Reply {
         status,
         headers,
         body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
+    })
 }
 
 /// POSTs a room as JSON to the run route.

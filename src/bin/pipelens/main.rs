@@ -53,6 +53,10 @@ enum Command {
         /// Longest a queued run waits for a slot before a 503, in milliseconds.
         #[arg(long, env = "PIPELENS_MAX_QUEUE_WAIT_MS", default_value_t = 1000)]
         max_queue_wait_ms: u64,
+        /// Seconds in-flight requests may take to finish after SIGTERM before
+        /// the service stops anyway (and exits 1); telemetry is flushed after.
+        #[arg(long, env = "PIPELENS_SHUTDOWN_GRACE_SECS", default_value_t = 15.0, value_parser = grace_secs)]
+        shutdown_grace_secs: f64,
     },
     /// Run the pipeline once on a room file and print the report as JSON.
     Run {
@@ -112,7 +116,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let result = runtime.block_on(dispatch(cli.command));
+    // Models abandoned at a timeout or at the end of the shutdown grace may
+    // still hold blocking-pool threads: exit without waiting for them.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -128,6 +136,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             max_concurrent_runs,
             run_queue,
             max_queue_wait_ms,
+            shutdown_grace_secs,
         } => {
             let defaults = Concurrency::default();
             let concurrency = Concurrency {
@@ -135,7 +144,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 queue: run_queue.map_or(defaults.queue, |n| n as usize),
                 max_wait: Duration::from_millis(max_queue_wait_ms),
             };
-            serve(addr, concurrency).await
+            serve(
+                addr,
+                concurrency,
+                Duration::from_secs_f64(shutdown_grace_secs),
+            )
+            .await
         }
         Command::Run { input } => run_once(input).await,
         Command::Loadgen {
@@ -168,7 +182,17 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(addr: SocketAddr, concurrency: Concurrency) -> anyhow::Result<()> {
+/// Parses `--shutdown-grace-secs`: a finite number of seconds, 0 or more.
+fn grace_secs(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(s) if s.is_finite() && (0.0..=3600.0).contains(&s) => Ok(s),
+        _ => Err(format!(
+            "expected seconds between 0 and 3600, got {value:?}"
+        )),
+    }
+}
+
+async fn serve(addr: SocketAddr, concurrency: Concurrency, grace: Duration) -> anyhow::Result<()> {
     let config = TelemetryConfig::from_env()?;
     let telemetry = telemetry::init(&config).context("cannot initialise telemetry")?;
     let faults = Arc::new(Faults::from_env()?);
@@ -178,10 +202,12 @@ async fn serve(addr: SocketAddr, concurrency: Concurrency) -> anyhow::Result<()>
         .telemetry(&telemetry)
         .pipeline(planner::served(pipeline))
         .concurrency(concurrency)
+        .shutdown_grace(grace)
         .build()?;
     tracing::info!(
         max_concurrent_runs = concurrency.limit,
         run_queue = concurrency.queue,
+        shutdown_grace_s = grace.as_secs_f64(),
         traces_exported = config.traces.is_some(),
         logs_exported = config.logs.is_some(),
         faults = ?faults.snapshot(),

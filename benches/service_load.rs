@@ -1,0 +1,530 @@
+//! What telemetry costs the service at full load, measured side by side.
+//!
+//! Run: `cargo bench --bench service_load` (about 2 minutes on 2 cores).
+//! Options after `--`:
+//! - `--suite telemetry,exporters,python` (default `telemetry,exporters`);
+//! - `--seconds N` measured per round (default 4, after 1 s of warm-up),
+//!   `--rounds N` (default 3), `--connections N` (default 16);
+//! - `--soak`: 60 s rounds, one round each: the long variant;
+//! - `--only TEXT`: only the variants whose name contains TEXT (to profile
+//!   one with `perf record -p`);
+//! - `--python PATH`: the virtualenv's python for the `python` suite
+//!   (`scripts/bench-vs-python` sets it up and passes it).
+//!
+//! Every variant is a fresh `pipelens serve` process (the ceiling-layout
+//! demo, five models per run) on loopback, driven by a closed-loop
+//! keep-alive load generator in this process (as `wrk -c16` would) for the
+//! same time; variants alternate round by round so drift on a shared
+//! machine spreads over all of them, and each figure is the median over
+//! rounds. The OTLP collector is an OTLP/HTTP receiver in this process that
+//! decodes every export request and counts spans and log records.
+//!
+//! Suites:
+//! - `telemetry`: off (`OTEL_SDK_DISABLED=true`, `RUST_LOG=off`); JSON logs
+//!   to stdout only; spans, metrics and logs with no exporter; everything
+//!   exported over OTLP; the same with parent-based 10% head sampling.
+//! - `exporters`: OTLP export to an endpoint that refuses connections and to
+//!   one that accepts TCP and never answers, against the healthy case.
+//! - `python`: the same three-candidate pipeline with fixed results served
+//!   by pipelens (`examples/fixed_three.rs`) and by the seeds' FastAPI stack
+//!   (`bench/python/app.py`), telemetry off and on.
+//!
+//! It prints, per variant: requests/s, p50 and p99 latency, the service's
+//! CPU time per request, peak memory, failed requests and what the collector
+//! received; then the ratios the README reports and whether each goal of
+//! the performance issue was met.
+
+#[path = "service_load/load.rs"]
+mod load;
+#[path = "service_load/sink.rs"]
+mod sink;
+#[path = "service_load/target.rs"]
+mod target;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use target::{free_addr, metric_sum, Launch, Service};
+
+/// The run request every ceiling-layout variant serves.
+const ROOM: &str = r#"{"width": 12, "length": 8, "obstacles": [{"x": 3, "y": 4}]}"#;
+const CEILING_ROUTE: &str = "/v1/pipelines/ceiling-layout/runs";
+/// The run request of the fixed three-candidate pipeline.
+const FEATURES: &str = r#"{"features": [0.1, 0.5, 0.9, 1.3]}"#;
+const FIXED_ROUTE: &str = "/v1/pipelines/fixed/runs";
+
+/// Options from the command line.
+struct Options {
+    suites: Vec<String>,
+    seconds: u64,
+    rounds: usize,
+    connections: usize,
+    python: Option<String>,
+    only: Option<String>,
+}
+
+impl Options {
+    fn parse() -> Result<Self, String> {
+        let mut options = Self {
+            suites: vec!["telemetry".into(), "exporters".into()],
+            seconds: 4,
+            rounds: 3,
+            connections: 16,
+            python: None,
+            only: None,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let mut value = |flag: &str| args.next().ok_or(format!("{flag} needs a value"));
+            match arg.as_str() {
+                "--bench" => {}
+                "--suite" => {
+                    options.suites = value("--suite")?.split(',').map(str::to_owned).collect();
+                }
+                "--seconds" => options.seconds = number("--seconds", &value("--seconds")?)?,
+                "--rounds" => options.rounds = number("--rounds", &value("--rounds")?)?,
+                "--connections" => {
+                    options.connections = number("--connections", &value("--connections")?)?
+                }
+                "--python" => options.python = Some(value("--python")?),
+                "--only" => options.only = Some(value("--only")?),
+                "--soak" => {
+                    options.seconds = 60;
+                    options.rounds = 1;
+                }
+                other => return Err(format!("unknown option {other}")),
+            }
+        }
+        for suite in &options.suites {
+            if !["telemetry", "exporters", "python"].contains(&suite.as_str()) {
+                return Err(format!(
+                    "--suite: unknown suite {suite} (telemetry, exporters, python)"
+                ));
+            }
+        }
+        if options.suites.iter().any(|s| s == "python") && options.python.is_none() {
+            return Err("--suite python needs --python PATH (run scripts/bench-vs-python)".into());
+        }
+        Ok(options)
+    }
+}
+
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{flag}: expected a positive number, got {value:?}"))
+}
+
+/// One service configuration under test.
+struct Variant {
+    name: &'static str,
+    command: Command,
+    env: Vec<(&'static str, String)>,
+    route: &'static str,
+    body: &'static str,
+}
+
+/// Which program a variant runs.
+#[derive(Clone, Copy)]
+enum Command {
+    /// `pipelens serve` (the ceiling-layout demo).
+    Pipelens,
+    /// The fixed three-candidate pipeline on pipelens.
+    FixedThree,
+    /// The fixed three-candidate pipeline on FastAPI.
+    Python,
+}
+
+/// The figures of one variant over all rounds.
+#[derive(Default)]
+struct Figures {
+    throughput: Vec<f64>,
+    p50_ms: Vec<f64>,
+    p99_ms: Vec<f64>,
+    cpu_us_per_request: Vec<f64>,
+    peak_rss_mib: f64,
+    failures: u64,
+    failed_statuses: Vec<(u16, u64)>,
+    broken: u64,
+    requests: u64,
+    spans: u64,
+    logs: u64,
+    stdout_bytes: u64,
+    dropped: f64,
+    export_failed: f64,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 0 {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
+    }
+}
+
+impl Figures {
+    fn throughput(&self) -> f64 {
+        median(&self.throughput)
+    }
+    fn p99(&self) -> f64 {
+        median(&self.p99_ms)
+    }
+    fn cpu(&self) -> f64 {
+        median(&self.cpu_us_per_request)
+    }
+}
+
+fn main() {
+    let options = match Options::parse() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("service_load: {e}");
+            std::process::exit(2);
+        }
+    };
+    let collector = sink::Collector::start("127.0.0.1:0".parse().expect("addr"))
+        .expect("start the OTLP collector");
+    let refused = sink::refusing();
+    let blackhole = sink::Blackhole::start().expect("start the blackhole endpoint");
+    let otlp = |addr: SocketAddr| {
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+        ]
+    };
+    let off = || {
+        vec![
+            ("OTEL_SDK_DISABLED", "true".to_owned()),
+            ("RUST_LOG", "off".to_owned()),
+        ]
+    };
+    let ceiling = |name, env| Variant {
+        name,
+        command: Command::Pipelens,
+        env,
+        route: CEILING_ROUTE,
+        body: ROOM,
+    };
+    let mut variants = Vec::new();
+    let has = |suite: &str| options.suites.iter().any(|s| s == suite);
+    if has("telemetry") || has("exporters") {
+        variants.push(ceiling("telemetry off", off()));
+        variants.push(ceiling("OTLP export", otlp(collector.addr)));
+    }
+    if has("telemetry") {
+        variants.push(ceiling(
+            "JSON logs to stdout only",
+            vec![("OTEL_SDK_DISABLED", "true".to_owned())],
+        ));
+        variants.push(ceiling("spans + logs, no exporter", Vec::new()));
+        let mut sampled = otlp(collector.addr);
+        sampled.push(("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_owned()));
+        sampled.push(("OTEL_TRACES_SAMPLER_ARG", "0.1".to_owned()));
+        variants.push(ceiling("OTLP export, 10% sampled", sampled));
+    }
+    if has("exporters") {
+        variants.push(ceiling("OTLP endpoint refusing", otlp(refused)));
+        variants.push(ceiling(
+            "OTLP endpoint never answering",
+            otlp(blackhole.addr),
+        ));
+    }
+    if has("python") {
+        for (name, command, env) in [
+            ("pipelens fixed, telemetry off", Command::FixedThree, off()),
+            (
+                "pipelens fixed, OTLP",
+                Command::FixedThree,
+                otlp(collector.addr),
+            ),
+            ("FastAPI fixed, telemetry off", Command::Python, Vec::new()),
+            ("FastAPI fixed, OTLP", Command::Python, otlp(collector.addr)),
+        ] {
+            let mut env = env;
+            let telemetry = if name.ends_with("off") { "off" } else { "on" };
+            env.push(("BENCH_TELEMETRY", telemetry.to_owned()));
+            variants.push(Variant {
+                name,
+                command,
+                env,
+                route: FIXED_ROUTE,
+                body: FEATURES,
+            });
+        }
+    }
+
+    if let Some(only) = &options.only {
+        variants.retain(|v| v.name.contains(only.as_str()));
+    }
+    println!(
+        "service_load: {} variants × {} rounds × {} s, {} connections, {} cores",
+        variants.len(),
+        options.rounds,
+        options.seconds,
+        options.connections,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("load runtime");
+    let mut figures: Vec<Figures> = variants.iter().map(|_| Figures::default()).collect();
+    for round in 0..options.rounds {
+        for (variant, figures) in variants.iter().zip(figures.iter_mut()) {
+            if let Err(e) = measure(&runtime, &options, variant, &collector, figures) {
+                eprintln!("service_load: {}: {e}", variant.name);
+                std::process::exit(1);
+            }
+            println!(
+                "  round {} {:<32} {:>8.0} req/s  p99 {:>6.2} ms",
+                round + 1,
+                variant.name,
+                figures.throughput.last().copied().unwrap_or(f64::NAN),
+                figures.p99_ms.last().copied().unwrap_or(f64::NAN),
+            );
+        }
+    }
+    report(&variants, &figures, &options);
+}
+
+/// Starts the variant's service, warms it up, measures one round, stops it.
+fn measure(
+    runtime: &tokio::runtime::Runtime,
+    options: &Options,
+    variant: &Variant,
+    collector: &sink::Collector,
+    figures: &mut Figures,
+) -> Result<(), String> {
+    let addr = free_addr();
+    let mut env: Vec<(String, String)> = variant
+        .env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    let command = match variant.command {
+        Command::Pipelens => {
+            env.push(("PIPELENS_ADDR".into(), addr.to_string()));
+            // As deployed (docker-compose.yml): JSON lines for Loki.
+            env.push(("PIPELENS_LOG_FORMAT".into(), "json".into()));
+            vec![
+                env!("CARGO_BIN_EXE_pipelens").to_owned(),
+                "serve".to_owned(),
+            ]
+        }
+        Command::FixedThree => {
+            env.push(("BENCH_ADDR".into(), addr.to_string()));
+            vec![example("fixed_three")?]
+        }
+        Command::Python => {
+            env.push(("BENCH_ADDR".into(), addr.to_string()));
+            let python = options.python.clone().expect("checked in Options::parse");
+            let app = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/python/app.py");
+            vec![python, app.to_owned()]
+        }
+    };
+    let mut service = Service::start(&Launch { command, env, addr })?;
+    let connections = options.connections;
+    runtime.block_on(load::run(
+        addr,
+        variant.route,
+        variant.body,
+        connections,
+        Duration::from_secs(1),
+    ));
+    let (spans_before, logs_before) = collector.counts();
+    let cpu_before = service.cpu_time();
+    let mut outcome = runtime.block_on(load::run(
+        addr,
+        variant.route,
+        variant.body,
+        connections,
+        Duration::from_secs(options.seconds),
+    ));
+    let cpu = service.cpu_time().saturating_sub(cpu_before);
+    let done = outcome.latencies_us.len() as u64;
+    figures.throughput.push(outcome.throughput());
+    figures.p50_ms.push(outcome.quantile_ms(0.50));
+    figures.p99_ms.push(outcome.quantile_ms(0.99));
+    figures
+        .cpu_us_per_request
+        .push(cpu.as_secs_f64() * 1e6 / done.max(1) as f64);
+    figures.peak_rss_mib = figures.peak_rss_mib.max(service.peak_rss_mib());
+    figures.failures += outcome.failures();
+    figures.broken += outcome.broken;
+    for (code, n) in &outcome.failed {
+        match figures.failed_statuses.iter_mut().find(|(c, _)| c == code) {
+            Some((_, m)) => *m += n,
+            None => figures.failed_statuses.push((*code, *n)),
+        }
+    }
+    figures.requests += done;
+    let metrics = service.metrics();
+    figures.dropped += metric_sum(
+        &metrics,
+        "otel_sdk_processor_span_processed_total",
+        &["error_type="],
+    ) + metric_sum(
+        &metrics,
+        "otel_sdk_processor_log_processed_total",
+        &["error_type="],
+    );
+    figures.export_failed += metric_sum(
+        &metrics,
+        "otel_sdk_exporter_span_exported_total",
+        &["error_type="],
+    ) + metric_sum(
+        &metrics,
+        "otel_sdk_exporter_log_exported_total",
+        &["error_type="],
+    );
+    figures.stdout_bytes += service.stdout_bytes();
+    service.terminate(Duration::from_secs(15));
+    let (spans_after, logs_after) = collector.counts();
+    figures.spans += spans_after - spans_before;
+    figures.logs += logs_after - logs_before;
+    Ok(())
+}
+
+/// The path of a built example next to this benchmark's own executable.
+fn example(name: &str) -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .ok_or("cannot locate the target directory")?;
+    let path = profile_dir.join("examples").join(name);
+    if path.exists() {
+        Ok(path.display().to_string())
+    } else {
+        Err(format!(
+            "{} is missing: build it with `cargo build --release --example {name}` \
+             (scripts/bench-vs-python does)",
+            path.display()
+        ))
+    }
+}
+
+/// Failed requests with their statuses and broken connections, e.g.
+/// `3 (503×2, broken×1)`.
+fn failed(f: &Figures) -> String {
+    if f.failures == 0 {
+        return "0".into();
+    }
+    let mut parts: Vec<String> = f
+        .failed_statuses
+        .iter()
+        .map(|(code, n)| format!("{code}×{n}"))
+        .collect();
+    if f.broken > 0 {
+        parts.push(format!("broken×{}", f.broken));
+    }
+    format!("{} ({})", f.failures, parts.join(", "))
+}
+
+fn report(variants: &[Variant], figures: &[Figures], options: &Options) {
+    let find = |name: &str| {
+        variants
+            .iter()
+            .position(|v| v.name == name)
+            .map(|i| &figures[i])
+    };
+    println!();
+    println!(
+        "| variant | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | failed | spans/req | logs/req | stdout B/req | items dropped | export errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (variant, f) in variants.iter().zip(figures) {
+        let per = |n: u64| n as f64 / f.requests.max(1) as f64;
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.0} | {:.1} | {} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} |",
+            variant.name,
+            f.throughput(),
+            median(&f.p50_ms),
+            f.p99(),
+            f.cpu(),
+            f.peak_rss_mib,
+            failed(f),
+            per(f.spans),
+            per(f.logs),
+            per(f.stdout_bytes),
+            f.dropped,
+            f.export_failed,
+        );
+    }
+    println!();
+    let goal = |met: bool| if met { "met" } else { "MISSED" };
+    if let (Some(off), Some(on)) = (find("telemetry off"), find("OTLP export")) {
+        let ratio = |f: &Figures| f.throughput() / off.throughput();
+        println!(
+            "Throughput ratio to telemetry off (median of {} rounds):",
+            options.rounds
+        );
+        for (variant, f) in variants.iter().zip(figures) {
+            if matches!(variant.command, Command::Pipelens) {
+                println!("  {:<32} {:.2}", variant.name, ratio(f));
+            }
+        }
+        let added_p99 = on.p99() - off.p99();
+        println!(
+            "Goal: OTLP export keeps >= 0.85 of telemetry-off throughput: {:.2} ({})",
+            ratio(on),
+            goal(ratio(on) >= 0.85)
+        );
+        println!(
+            "Goal: OTLP export adds < 1 ms to p99: {added_p99:+.2} ms ({})",
+            goal(added_p99 < 1.0)
+        );
+        if let Some(sampled) = find("OTLP export, 10% sampled") {
+            println!("  at 10% sampling: {:.2} of telemetry off", ratio(sampled));
+        }
+    }
+    if let Some(healthy) = find("OTLP export") {
+        for name in ["OTLP endpoint refusing", "OTLP endpoint never answering"] {
+            let Some(down) = find(name) else { continue };
+            let throughput = down.throughput() / healthy.throughput();
+            let p99 = down.p99() / healthy.p99();
+            let within = (0.9..).contains(&throughput) && p99 <= 1.1;
+            println!(
+                "Goal: {name}: throughput {throughput:.2}×, p99 {p99:.2}× of healthy export, \
+                 {} failed requests, peak RSS {:.1} vs {:.1} MiB, {:.0} items dropped and \
+                 {:.0} export errors counted ({})",
+                down.failures,
+                down.peak_rss_mib,
+                healthy.peak_rss_mib,
+                down.dropped,
+                down.export_failed,
+                goal(within && down.failures == 0 && down.dropped + down.export_failed > 0.0)
+            );
+        }
+    }
+    let fixed = |name: &str| find(name);
+    if let (Some(pl_off), Some(pl_on), Some(py_off), Some(py_on)) = (
+        fixed("pipelens fixed, telemetry off"),
+        fixed("pipelens fixed, OTLP"),
+        fixed("FastAPI fixed, telemetry off"),
+        fixed("FastAPI fixed, OTLP"),
+    ) {
+        let per_core = |f: &Figures| 1e6 / f.cpu();
+        println!(
+            "pipelens: telemetry on/off throughput {:.2}, {:.0} req per CPU-second with OTLP",
+            pl_on.throughput() / pl_off.throughput(),
+            per_core(pl_on)
+        );
+        println!(
+            "FastAPI:  telemetry on/off throughput {:.2}, {:.0} req per CPU-second with OTLP",
+            py_on.throughput() / py_off.throughput(),
+            per_core(py_on)
+        );
+        let ratio = per_core(pl_on) / per_core(py_on);
+        println!(
+            "Goal: pipelens >= 10x FastAPI throughput per core with full telemetry: {ratio:.1}x ({})",
+            goal(ratio >= 10.0)
+        );
+    }
+}

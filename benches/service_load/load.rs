@@ -1,0 +1,181 @@
+//! A closed-loop HTTP/1.1 load generator in the manner of `wrk`: a fixed
+//! number of keep-alive connections, each sending the next request as soon
+//! as the last response arrived, with a hand-written request and a minimal
+//! response parser so the generator costs as little CPU as possible (it
+//! shares the machine with the service it measures).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+/// What one load phase measured on the client side.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    /// Latency of every 2xx response, in microseconds.
+    pub(crate) latencies_us: Vec<u32>,
+    /// Responses with another status, by status code.
+    pub(crate) failed: Vec<(u16, u64)>,
+    /// Connections that broke (reset, closed, unparsable response).
+    pub(crate) broken: u64,
+    /// How long the phase ran.
+    pub(crate) elapsed: Duration,
+}
+
+impl Outcome {
+    /// Successful responses per second.
+    pub(crate) fn throughput(&self) -> f64 {
+        self.latencies_us.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `q` quantile (0..=1) of successful latencies, in milliseconds.
+    pub(crate) fn quantile_ms(&mut self, q: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        self.latencies_us.sort_unstable();
+        let rank = ((self.latencies_us.len() - 1) as f64 * q).round() as usize;
+        f64::from(self.latencies_us[rank]) / 1000.0
+    }
+
+    /// Responses that were not 2xx, plus broken connections.
+    pub(crate) fn failures(&self) -> u64 {
+        self.failed.iter().map(|(_, n)| n).sum::<u64>() + self.broken
+    }
+
+    fn merge(&mut self, other: Self) {
+        self.latencies_us.extend(other.latencies_us);
+        for (code, n) in other.failed {
+            match self.failed.iter_mut().find(|(c, _)| *c == code) {
+                Some((_, m)) => *m += n,
+                None => self.failed.push((code, n)),
+            }
+        }
+        self.broken += other.broken;
+    }
+}
+
+/// Sends `body` as `POST path` over `connections` keep-alive connections
+/// for `duration`, on the calling thread's runtime.
+pub(crate) async fn run(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+    connections: usize,
+    duration: Duration,
+) -> Outcome {
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes();
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| tokio::spawn(connection(addr, request.clone(), deadline)))
+        .collect();
+    let mut outcome = Outcome::default();
+    for task in tasks {
+        outcome.merge(task.await.expect("load connection task"));
+    }
+    outcome.elapsed = start.elapsed();
+    outcome
+}
+
+async fn connection(addr: SocketAddr, request: Vec<u8>, deadline: Instant) -> Outcome {
+    let mut outcome = Outcome::default();
+    let mut stream: Option<TcpStream> = None;
+    let mut buffer = Vec::with_capacity(4096);
+    while Instant::now() < deadline {
+        let s = match stream.as_mut() {
+            Some(s) => s,
+            None => match TcpStream::connect(addr).await {
+                Ok(s) => {
+                    s.set_nodelay(true).ok();
+                    stream.insert(s)
+                }
+                Err(_) => {
+                    outcome.broken += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let sent = Instant::now();
+        let response = exchange(s, &request, &mut buffer).await;
+        match response {
+            Some((status, keep_alive)) => {
+                if (200..300).contains(&status) {
+                    let us = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                    outcome.latencies_us.push(us);
+                } else {
+                    match outcome.failed.iter_mut().find(|(c, _)| *c == status) {
+                        Some((_, n)) => *n += 1,
+                        None => outcome.failed.push((status, 1)),
+                    }
+                }
+                if !keep_alive {
+                    stream = None;
+                }
+            }
+            None => {
+                outcome.broken += 1;
+                stream = None;
+            }
+        }
+    }
+    outcome
+}
+
+/// Writes one request and reads its response; the status and whether the
+/// connection stays open, or `None` if the connection broke.
+async fn exchange(
+    stream: &mut TcpStream,
+    request: &[u8],
+    buffer: &mut Vec<u8>,
+) -> Option<(u16, bool)> {
+    stream.write_all(request).await.ok()?;
+    buffer.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(head_end) = find(buffer, b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buffer[..head_end]).ok()?;
+            let status = head.get(9..12)?.parse::<u16>().ok()?;
+            let mut length = 0usize;
+            let mut keep_alive = true;
+            for line in head.split("\r\n").skip(1) {
+                let (name, value) = line.split_once(':')?;
+                let value = value.trim();
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.parse().ok()?;
+                } else if name.eq_ignore_ascii_case("connection") {
+                    keep_alive = !value.eq_ignore_ascii_case("close");
+                } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                    // Both services answer with a length; chunked bodies
+                    // would need a parser this client does not carry.
+                    return None;
+                }
+            }
+            let total = head_end + 4 + length;
+            while buffer.len() < total {
+                let n = stream.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buffer.extend_from_slice(&chunk[..n]);
+            }
+            return Some((status, keep_alive));
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
