@@ -10,6 +10,9 @@
 //!   span sampled through tracing-opentelemetry (no exporter: the SDK's no-op
 //!   sink), every metric recorded into the OTel SDK behind the Prometheus
 //!   exporter, and JSON log lines formatted and written to `io::sink()`;
+//! - `instrumented/auto`: the same with `Execution::Auto` (the default):
+//!   these models take microseconds, so after their first execution they
+//!   run in place like `Inline`;
 //! - `instrumented/offload`: the same with `Execution::Offload` (each model on
 //!   tokio's blocking pool), which adds a thread hop per model.
 //!
@@ -88,6 +91,7 @@ fn pipeline(
 struct Setup {
     runtime: tokio::runtime::Runtime,
     inline: Pipeline<Layout, Layout>,
+    auto: Pipeline<Layout, Layout>,
     offload: Pipeline<Layout, Layout>,
     _telemetry: Arc<telemetry::Telemetry>,
 }
@@ -108,6 +112,7 @@ fn setup() -> Setup {
     let meter = telemetry.meter();
     Setup {
         inline: pipeline(meter.clone(), Execution::Inline),
+        auto: pipeline(meter.clone(), Execution::Auto),
         offload: pipeline(meter, Execution::Offload),
         runtime,
         _telemetry: telemetry,
@@ -127,6 +132,13 @@ fn bench(c: &mut Criterion, s: &Setup) {
         b.iter(|| {
             s.runtime
                 .block_on(s.inline.run(black_box(input.clone())))
+                .expect("run")
+        })
+    });
+    group.bench_function("instrumented/auto", |b| {
+        b.iter(|| {
+            s.runtime
+                .block_on(s.auto.run(black_box(input.clone())))
                 .expect("run")
         })
     });
@@ -153,7 +165,7 @@ fn mean(n: u32, mut f: impl FnMut()) -> Duration {
 /// model execution, so the figures share the machine's state.
 fn side_by_side(s: &Setup) {
     let input = room();
-    let (mut d, mut i, mut o) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut d, mut i, mut a, mut o) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..15 {
         d.push(mean(400, || {
             s.runtime.block_on(async {
@@ -163,6 +175,9 @@ fn side_by_side(s: &Setup) {
         i.push(mean(400, || {
             black_box(s.runtime.block_on(s.inline.run(input.clone())).ok());
         }));
+        a.push(mean(400, || {
+            black_box(s.runtime.block_on(s.auto.run(input.clone())).ok());
+        }));
         o.push(mean(400, || {
             black_box(s.runtime.block_on(s.offload.run(input.clone())).ok());
         }));
@@ -171,7 +186,12 @@ fn side_by_side(s: &Setup) {
         v.sort();
         v[v.len() / 2]
     };
-    let (d, i, o) = (median(&mut d), median(&mut i), median(&mut o));
+    let (d, i, a, o) = (
+        median(&mut d),
+        median(&mut i),
+        median(&mut a),
+        median(&mut o),
+    );
     let per_model = |x: Duration| (x.as_secs_f64() - d.as_secs_f64()) / MODELS_PER_RUN * 1e6;
     println!("\nside by side (median of 15 interleaved batches of 400 runs, 5 model executions per run):");
     println!(
@@ -183,6 +203,12 @@ fn side_by_side(s: &Setup) {
         i.as_secs_f64() * 1e6,
         i.as_secs_f64() / d.as_secs_f64(),
         per_model(i)
+    );
+    println!(
+        "  instrumented/auto    {:>9.2} µs/run  ({:.2}× direct)  added per model execution: {:.2} µs",
+        a.as_secs_f64() * 1e6,
+        a.as_secs_f64() / d.as_secs_f64(),
+        per_model(a)
     );
     println!(
         "  instrumented/offload {:>9.2} µs/run  ({:.2}× direct)  added per model execution: {:.2} µs",

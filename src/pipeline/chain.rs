@@ -17,6 +17,7 @@ use super::execute::BoundModel;
 use super::execution::Env;
 use super::instruments::{Instruments, ModelInstruments};
 use super::lifecycle::ModelState;
+use super::pace::Pace;
 use super::report::{ModelReport, StageKind, StageReport};
 
 /// A bound stage (or chain of stages) from `In` to `Out`. On failure it has
@@ -228,6 +229,7 @@ impl Binder {
             call: candidate.call,
             state,
             metrics,
+            pace: Pace::default(),
         })
     }
 

@@ -14,6 +14,7 @@ use super::execution::{Env, LOW_CONFIDENCE};
 use super::instruments::ModelInstruments;
 use super::lifecycle::ModelState;
 use super::model::{Component, ModelError, Prediction};
+use super::pace::Pace;
 use super::report::{ModelReport, Outcome};
 
 /// A model or step bound to its pipeline: its call, load state and metrics.
@@ -21,6 +22,8 @@ pub(crate) struct BoundModel<In, Out> {
     pub(crate) call: Call<In, Out>,
     pub(crate) state: Arc<ModelState>,
     pub(crate) metrics: ModelInstruments,
+    /// Recent execution time, for [`super::Execution::Auto`].
+    pub(crate) pace: Pace,
 }
 
 /// A model execution's raw result, before it is recorded.
@@ -77,44 +80,14 @@ impl<In: Send + Sync + 'static, Out: Send + 'static> BoundModel<In, Out> {
         }
         let runtime = tokio::runtime::Handle::try_current().ok();
         match &self.call {
-            Call::Sync(model) => match runtime.filter(|_| env.offloads()) {
-                Some(handle) => {
-                    let model = Arc::clone(model);
-                    let input = Arc::clone(input);
-                    let span = span.clone();
-                    // The blocking thread runs under the caller's subscriber
-                    // (which may be a scoped, thread-local one), so the
-                    // model's own spans nest under its `model.run` span.
-                    let dispatch = tracing::dispatcher::get_default(|d| d.clone());
-                    let task = handle.spawn_blocking(move || {
-                        tracing::dispatcher::with_default(&dispatch, || {
-                            let _entered = span.enter();
-                            let started = Instant::now();
-                            let result = model.call(&input);
-                            (result, started.elapsed())
-                        })
-                    });
-                    let joined = match timeout {
-                        Some(t) => match tokio::time::timeout_at((start + t).into(), task).await {
-                            Ok(joined) => joined,
-                            Err(_) => return Exec::TimedOut(start.elapsed()),
-                        },
-                        None => task.await,
-                    };
-                    match joined {
-                        Ok(done) => over_time(done, timeout),
-                        Err(e) => Exec::Panicked(join_error_message(e), start.elapsed()),
-                    }
-                }
-                None => {
-                    let _entered = span.enter();
-                    let started = Instant::now();
-                    match std::panic::catch_unwind(AssertUnwindSafe(|| model.call(input))) {
-                        Ok(result) => over_time((result, started.elapsed()), timeout),
-                        Err(payload) => Exec::Panicked(panic_message(payload), started.elapsed()),
-                    }
-                }
-            },
+            Call::Sync(model) => {
+                let exec = self
+                    .execute_sync(model, env, input, span, start, timeout, runtime)
+                    .await;
+                let (Exec::Done(_, took) | Exec::Panicked(_, took) | Exec::TimedOut(took)) = &exec;
+                self.pace.observe(*took);
+                exec
+            }
             Call::Async(model) => {
                 let started = Instant::now();
                 let future =
@@ -130,6 +103,59 @@ impl<In: Send + Sync + 'static, Out: Send + 'static> BoundModel<In, Out> {
                     _ => future.await,
                 };
                 match result {
+                    Ok(result) => over_time((result, started.elapsed()), timeout),
+                    Err(payload) => Exec::Panicked(panic_message(payload), started.elapsed()),
+                }
+            }
+        }
+    }
+
+    /// Runs a sync model on the blocking pool or inline, as `env` and the
+    /// model's recent pace decide.
+    #[allow(clippy::too_many_arguments)]
+    async fn execute_sync(
+        &self,
+        model: &Arc<dyn super::call::SyncCall<In, Out>>,
+        env: &Env,
+        input: &Arc<In>,
+        span: &Span,
+        start: Instant,
+        timeout: Option<Duration>,
+        runtime: Option<tokio::runtime::Handle>,
+    ) -> Exec<Out> {
+        match runtime.filter(|_| env.offloads(self.pace.is_fast())) {
+            Some(handle) => {
+                let model = Arc::clone(model);
+                let input = Arc::clone(input);
+                let span = span.clone();
+                // The blocking thread runs under the caller's subscriber
+                // (which may be a scoped, thread-local one), so the
+                // model's own spans nest under its `model.run` span.
+                let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+                let task = handle.spawn_blocking(move || {
+                    tracing::dispatcher::with_default(&dispatch, || {
+                        let _entered = span.enter();
+                        let started = Instant::now();
+                        let result = model.call(&input);
+                        (result, started.elapsed())
+                    })
+                });
+                let joined = match timeout {
+                    Some(t) => match tokio::time::timeout_at((start + t).into(), task).await {
+                        Ok(joined) => joined,
+                        Err(_) => return Exec::TimedOut(start.elapsed()),
+                    },
+                    None => task.await,
+                };
+                match joined {
+                    Ok(done) => over_time(done, timeout),
+                    Err(e) => Exec::Panicked(join_error_message(e), start.elapsed()),
+                }
+            }
+            None => {
+                let _entered = span.enter();
+                let started = Instant::now();
+                match std::panic::catch_unwind(AssertUnwindSafe(|| model.call(input))) {
                     Ok(result) => over_time((result, started.elapsed()), timeout),
                     Err(payload) => Exec::Panicked(panic_message(payload), started.elapsed()),
                 }

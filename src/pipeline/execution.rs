@@ -8,11 +8,19 @@ pub const LOW_CONFIDENCE: f64 = 0.4;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Execution {
+    /// Each sync model runs inline while its recent executions average under
+    /// [`INLINE_BELOW`](crate::pipeline::INLINE_BELOW) (100 µs), on the
+    /// blocking pool otherwise; the first execution of a model is offloaded,
+    /// and one slow execution sends it back to the pool. Microsecond models
+    /// skip the thread hop (10–30 µs), slow ones keep the runtime free. A
+    /// model that was fast and then hangs blocks one runtime thread until it
+    /// returns: use [`Execution::Offload`] for models that may hang.
+    #[default]
+    Auto,
     /// Each sync model runs on tokio's blocking pool: parallel candidates run
     /// concurrently, a model over its timeout is abandoned (its thread finishes
     /// in the background, its output is dropped) and the async runtime is never
     /// blocked. Falls back to [`Execution::Inline`] outside a tokio runtime.
-    #[default]
     Offload,
     /// Sync models run on the calling task, one after another. No thread hop,
     /// so it suits cheap models and batch jobs; panics are still caught, but a
@@ -27,7 +35,13 @@ pub(crate) struct Env {
 }
 
 impl Env {
-    pub(crate) fn offloads(&self) -> bool {
-        self.execution == Execution::Offload
+    /// Whether a sync model whose recent pace is `fast` runs on the
+    /// blocking pool.
+    pub(crate) fn offloads(&self, fast: bool) -> bool {
+        match self.execution {
+            Execution::Auto => !fast,
+            Execution::Offload => true,
+            Execution::Inline => false,
+        }
     }
 }

@@ -109,9 +109,11 @@ impl ModelError {
 /// A synchronous model from `In` to `Out`: CPU work such as a decision tree,
 /// an ONNX session or a geometric planner.
 ///
-/// By default ([`crate::Execution::Offload`]) the runner calls it on tokio's
-/// blocking pool, inside its `model.run` span, so it never blocks the async
-/// threads and its own `tracing` spans and events are children of that span.
+/// By default ([`crate::Execution::Auto`]) the runner calls it on tokio's
+/// blocking pool, so it never blocks the async threads, unless its recent
+/// executions took under 100 µs, when it runs in place and skips the thread
+/// hop. Either way it runs inside its `model.run` span, so its own
+/// `tracing` spans and events are children of that span.
 pub trait Model<In, Out>: Send + Sync + 'static {
     /// Stable model name; a label value on every model metric.
     fn name(&self) -> &str;

@@ -94,7 +94,7 @@ where
         self
     }
 
-    /// Chooses where sync model code runs (default [`Execution::Offload`]).
+    /// Chooses where sync model code runs (default [`Execution::Auto`]).
     #[must_use]
     pub fn execution(mut self, execution: Execution) -> Self {
         self.execution = execution;
