@@ -72,6 +72,7 @@
 //! # }
 //! ```
 
+pub mod batch;
 pub mod drift;
 pub mod faults;
 pub mod input;

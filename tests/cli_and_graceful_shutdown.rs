@@ -32,7 +32,7 @@ fn pipelens(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
 }
 
 #[test]
-fn run_prints_the_report_of_a_room_file() {
+fn run_prints_the_result_line_of_a_room_file() {
     let dir = tempfile::tempdir().unwrap();
     let room = dir.path().join("room.json");
     std::fs::write(
@@ -42,8 +42,10 @@ fn run_prints_the_report_of_a_room_file() {
     .unwrap();
     let (ok, stdout, stderr) = pipelens(&["run", "--input", room.to_str().unwrap()], &[]);
     assert!(ok, "{stderr}");
-    let report: serde_json::Value =
-        serde_json::from_str(&stdout).expect("stdout is the JSON report");
+    let line: serde_json::Value =
+        serde_json::from_str(&stdout).expect("stdout is one JSON result line");
+    assert_eq!(line["line"], 1);
+    let report = &line["report"];
     assert_eq!(report["pipeline"], "ceiling-layout");
     assert_eq!(report["stages"].as_array().unwrap().len(), 2);
     assert!(!report["output"]["lights"].as_array().unwrap().is_empty());
@@ -57,6 +59,7 @@ fn run_prints_the_report_of_a_room_file() {
     );
     assert!(ok, "{stderr}");
     let untraced: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let untraced = &untraced["report"];
     assert!(untraced["trace_id"].is_null(), "{}", untraced["trace_id"]);
     assert_eq!(untraced["output"], report["output"]);
 }
@@ -76,9 +79,12 @@ fn bad_flags_files_and_variables_are_named() {
             vec!["--input", "nope.json"],
         ),
         (
+            // The bad room itself is a result line naming `width` on stdout
+            // (tests/batch_runs_stream_results_in_order.rs); the exit
+            // status names the flag that made it fatal.
             vec!["run", "--input", bad_room.to_str().unwrap()],
             vec![],
-            vec!["--input", "width"],
+            vec!["1 invalid", "--max-failure-ratio"],
         ),
         (
             vec!["serve", "--addr", "not-an-address"],

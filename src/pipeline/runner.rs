@@ -323,6 +323,42 @@ where
             otel.status_code = field::Empty,
             otel.status_description = field::Empty,
         );
+        self.run_under(input, span).await
+    }
+
+    /// Like [`Pipeline::run`], in a trace of its own whatever the current
+    /// span: a batch's runs are separate traces, not one giant one.
+    pub async fn run_root(&self, input: In) -> Result<RunReport<Out>, RunError> {
+        let span = tracing::info_span!(
+            parent: None,
+            "pipeline.run",
+            pipeline.name = self.name(),
+            pipeline.outcome = field::Empty,
+            otel.status_code = field::Empty,
+            otel.status_description = field::Empty,
+        );
+        self.run_under(input, span).await
+    }
+
+    /// Runs every input of `inputs` with at most `concurrency` runs at once,
+    /// each in its own trace ([`Pipeline::run_root`]), and yields the
+    /// results in input order. Reads ahead at most `concurrency` inputs, so
+    /// a stream of any length runs in bounded memory.
+    pub fn run_batch<'a, S>(
+        &'a self,
+        inputs: S,
+        concurrency: usize,
+    ) -> impl futures_util::Stream<Item = Result<RunReport<Out>, RunError>> + 'a
+    where
+        S: futures_util::Stream<Item = In> + 'a,
+    {
+        use futures_util::StreamExt as _;
+        inputs
+            .map(move |input| self.run_root(input))
+            .buffered(concurrency.max(1))
+    }
+
+    async fn run_under(&self, input: In, span: Span) -> Result<RunReport<Out>, RunError> {
         let trace_id = trace_id_of(&span);
         self.run_in_span(input, &span, trace_id)
             .instrument(span.clone())

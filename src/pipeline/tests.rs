@@ -697,3 +697,52 @@ async fn two_pipelines_with_the_same_model_names_keep_separate_series() {
         assert!(text.contains(line), "missing {line}:\n{text}");
     }
 }
+
+/// An async model that sleeps for the input's first number in
+/// milliseconds, counting how many of its runs overlap.
+struct Sleepy {
+    running: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    most: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl AsyncModel<Trail, Trail> for Sleepy {
+    fn name(&self) -> &str {
+        "sleepy"
+    }
+    fn version(&self) -> &str {
+        "1"
+    }
+    async fn run(&self, input: &Trail) -> Result<Prediction<Trail>, ModelError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.running.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        let ms: u64 = input[0].parse().unwrap();
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.running.fetch_sub(1, SeqCst);
+        Ok(Prediction::new(input.clone(), 0.9))
+    }
+}
+
+#[tokio::test]
+async fn a_batch_yields_results_in_input_order_with_bounded_concurrency() {
+    use futures_util::StreamExt as _;
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = Harness::new(
+        stages![Stage::sequential("nap").async_model(Sleepy {
+            running: Default::default(),
+            most: std::sync::Arc::clone(&most),
+        })],
+        Execution::Auto,
+    )
+    .unwrap();
+    // Later inputs finish first; the results still come in input order.
+    let naps = [40, 30, 20, 10, 5, 1, 25, 15];
+    let inputs = futures_util::stream::iter(naps.map(|ms| vec![ms.to_string()]));
+    let results: Vec<_> = h.pipeline.run_batch(inputs, 3).collect().await;
+    let order: Vec<String> = results
+        .iter()
+        .map(|r| r.as_ref().unwrap().output[0].clone())
+        .collect();
+    assert_eq!(order, naps.map(|ms| ms.to_string()));
+    assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 3);
+}

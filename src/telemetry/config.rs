@@ -60,6 +60,11 @@ pub struct TelemetryConfig {
     /// Event and span filter in `RUST_LOG` syntax (default `info`, with the
     /// OTel crates' own start-up chatter at `warn`).
     pub log_filter: String,
+    /// A stricter filter for the stdout lines only, if set: spans and OTLP
+    /// log records keep `log_filter`. Batch runs use it to keep one line per
+    /// run off the terminal while the traces and logs still reach the
+    /// backends.
+    pub stdout_filter: Option<String>,
     /// OTLP trace export, if any.
     pub traces: Option<OtlpTarget>,
     /// OTLP log export, if any.
@@ -111,6 +116,7 @@ impl Default for TelemetryConfig {
             service_name: "pipelens".to_owned(),
             log_format: LogFormat::Console,
             log_filter: "info,opentelemetry=warn".to_owned(),
+            stdout_filter: None,
             traces: None,
             logs: None,
             sampler: SamplerConfig::ParentBasedAlwaysOn,

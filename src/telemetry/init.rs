@@ -82,7 +82,12 @@ where
     let meter = meter_provider.meter("pipelens");
 
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
-    let fmt_filter = directive_filter(&config.log_filter)?;
+    let fmt_filter = directive_filter(
+        config
+            .stdout_filter
+            .as_deref()
+            .unwrap_or(&config.log_filter),
+    )?;
     layers.push(match config.log_format {
         LogFormat::Json => JsonLayer::new(writer).with_filter(fmt_filter).boxed(),
         LogFormat::Console => tracing_subscriber::fmt::layer()

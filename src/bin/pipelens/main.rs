@@ -9,6 +9,7 @@
 // other (and the integration tests that include them).
 #![allow(unreachable_pub)]
 
+mod batch;
 mod demo;
 
 use std::net::SocketAddr;
@@ -58,11 +59,24 @@ enum Command {
         #[arg(long, env = "PIPELENS_SHUTDOWN_GRACE_SECS", default_value_t = 15.0, value_parser = grace_secs)]
         shutdown_grace_secs: f64,
     },
-    /// Run the pipeline once on a room file and print the report as JSON.
+    /// Run a batch of rooms: one JSON result per line, then a summary.
     Run {
-        /// The room as JSON: {"width": 12, "length": 8, "obstacles": [{"x": 3, "y": 4}]}.
+        /// Rooms as JSON Lines (one {"width": 12, "length": 8, "obstacles":
+        /// [{"x": 3, "y": 4}]} per line) or a JSON array; `-` reads stdin.
         #[arg(long)]
         input: PathBuf,
+        /// Write the results to this file instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Runs at once (default: 2 per core).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        concurrency: Option<u32>,
+        /// Stop at the first invalid input or failed run (exit 1).
+        #[arg(long)]
+        fail_fast: bool,
+        /// Exit 0 only if failed inputs are at most this share of all inputs.
+        #[arg(long, default_value_t = 0.0, value_parser = ratio)]
+        max_failure_ratio: f64,
     },
     /// Drive a running service with a realistic mix of rooms.
     Loadgen {
@@ -151,7 +165,23 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Run { input } => run_once(input).await,
+        Command::Run {
+            input,
+            output,
+            concurrency,
+            fail_fast,
+            max_failure_ratio,
+        } => {
+            let cores = std::thread::available_parallelism().map_or(2, usize::from);
+            let args = batch::BatchArgs {
+                input,
+                output,
+                concurrency: concurrency.map_or(2 * cores, |n| n as usize),
+                fail_fast,
+                max_failure_ratio,
+            };
+            run_batch(args).await
+        }
         Command::Loadgen {
             target,
             rps,
@@ -218,24 +248,41 @@ async fn serve(addr: SocketAddr, concurrency: Concurrency, grace: Duration) -> a
         .with_context(|| format!("cannot serve on --addr {addr}"))
 }
 
-async fn run_once(input: PathBuf) -> anyhow::Result<()> {
-    let text = std::fs::read(&input)
-        .with_context(|| format!("cannot read --input {}", input.display()))?;
-    let room = planner::parse_room(&text)
-        .map_err(|e| anyhow::anyhow!("--input {}: {e}", input.display()))?;
-    let config = TelemetryConfig::from_env()?;
+/// Parses `--max-failure-ratio`: a share in [0, 1].
+fn ratio(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("expected a ratio between 0 and 1, got {value:?}")),
+    }
+}
+
+async fn run_batch(args: batch::BatchArgs) -> anyhow::Result<()> {
+    let mut config = TelemetryConfig::from_env()?;
+    if std::env::var_os("RUST_LOG").is_none() {
+        // A line per run (and a WARN per low-confidence model) would bury
+        // the progress bar and the summary: stderr shows errors only, while
+        // spans and OTLP log records keep the INFO level.
+        config.stdout_filter = Some("error".to_owned());
+    }
     let telemetry = telemetry::init_with_writer(&config, std::io::stderr)?;
     let faults = Arc::new(Faults::from_env()?);
     let pipeline = planner::pipeline(Some(telemetry.meter()), &faults, planner::DRIFT_WINDOW)?;
-    let result = pipeline.run(ceiling::Layout::empty(room)).await;
+    let decode = |value| planner::room_from_value(value).map(ceiling::Layout::empty);
+    let ended = batch::run(&pipeline, decode, &args).await;
     tokio::task::spawn_blocking(move || telemetry.shutdown()).await??;
-    match result {
-        Ok(report) => {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
-        }
-        Err(e) => bail!(e),
+    let ended = ended?;
+    eprint!("{}", ended.summary);
+    if !ended.passed {
+        bail!(
+            "{} of {} inputs failed (ratio {:.4}, --max-failure-ratio {}{})",
+            ended.summary.failures(),
+            ended.summary.inputs,
+            ended.summary.failure_ratio(),
+            args.max_failure_ratio,
+            if args.fail_fast { ", --fail-fast" } else { "" }
+        );
     }
+    Ok(())
 }
 
 async fn healthcheck(url: &str) -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use opentelemetry::metrics::Meter;
 use pipelens::faults::{Faults, Faulty};
-use pipelens::input::{self, FieldError, InputError};
+use pipelens::input::{self, FieldError};
 use pipelens::server::Served;
 use pipelens::{BuildError, DriftSpec, Feature, Pipeline, Stage};
 use serde::Deserialize;
@@ -104,9 +104,16 @@ impl RoomRequest {
 }
 
 /// Parses and checks a room from JSON, naming the offending field on error.
-pub fn parse_room(body: &[u8]) -> Result<Room, InputError> {
+#[cfg(test)]
+pub fn parse_room(body: &[u8]) -> Result<Room, pipelens::input::InputError> {
     let request: RoomRequest = input::decode_json(body)?;
     Ok(request.into_room()?)
+}
+
+/// Checks a room given as parsed JSON, naming the offending field on error.
+pub fn room_from_value(value: serde_json::Value) -> Result<Room, FieldError> {
+    let request: RoomRequest = input::from_value(value)?;
+    request.into_room()
 }
 
 /// The features whose drift is tracked, in the order of [`features`].

@@ -1,0 +1,261 @@
+//! `pipelens run`: a batch of rooms through the pipeline, one JSON result
+//! per line, a progress bar on a terminal, and a summary at the end.
+
+use std::io::{BufRead, BufReader, IsTerminal as _, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use pipelens::batch::{self, Item, Summary};
+use pipelens::input::InputError;
+use pipelens::{Pipeline, RunError, RunReport};
+use serde::Serialize;
+use serde_json::json;
+
+/// What `pipelens run` was asked to do.
+pub(crate) struct BatchArgs {
+    pub(crate) input: PathBuf,
+    pub(crate) output: Option<PathBuf>,
+    pub(crate) concurrency: usize,
+    pub(crate) fail_fast: bool,
+    pub(crate) max_failure_ratio: f64,
+}
+
+/// How a batch ended.
+pub(crate) struct Ended {
+    pub(crate) summary: Summary,
+    /// The failure ratio stayed at or under `--max-failure-ratio` and no
+    /// `--fail-fast` stop happened.
+    pub(crate) passed: bool,
+}
+
+/// Counts the bytes read, for the progress bar's share and ETA.
+struct Counting<R> {
+    inner: R,
+    read: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Runs every input of `args.input` through `pipeline`, decoding each JSON
+/// value with `decode`.
+pub(crate) async fn run<In, Out>(
+    pipeline: &Pipeline<In, Out>,
+    decode: impl Fn(serde_json::Value) -> Result<In, pipelens::input::FieldError> + Send + 'static,
+    args: &BatchArgs,
+) -> anyhow::Result<Ended>
+where
+    In: Send + Sync + 'static,
+    Out: Serialize + Send + Sync + 'static,
+{
+    let read = Arc::new(AtomicU64::new(0));
+    let (reader, total): (Box<dyn BufRead + Send>, Option<u64>) = if args.input == Path::new("-") {
+        let stdin = Counting {
+            inner: std::io::stdin(),
+            read: Arc::clone(&read),
+        };
+        (Box::new(BufReader::new(stdin)), None)
+    } else {
+        let file = std::fs::File::open(&args.input)
+            .with_context(|| format!("cannot read --input {}", args.input.display()))?;
+        let total = file.metadata().ok().map(|m| m.len());
+        let file = Counting {
+            inner: file,
+            read: Arc::clone(&read),
+        };
+        (Box::new(BufReader::with_capacity(64 * 1024, file)), total)
+    };
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot write --output {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    // A bar only for a person watching: stderr is a terminal and the
+    // results are not going to a pipe.
+    let show_bar = std::io::stderr().is_terminal()
+        && (args.output.is_some() || std::io::stdout().is_terminal());
+    let mut bar = Progress::new(show_bar, total, read);
+
+    let items = tokio_stream_of(batch::read_json(reader, decode));
+    // Invalid inputs pass through as results; valid ones run, in order,
+    // at most `concurrency` at once.
+    let results = items
+        .map(|item| async move {
+            match item {
+                Ok(Item {
+                    position,
+                    input: Ok(input),
+                }) => Ok((position, Outcome::Ran(pipeline.run_root(input).await))),
+                Ok(Item {
+                    position,
+                    input: Err(e),
+                }) => Ok((position, Outcome::Invalid(e))),
+                Err(e) => Err(e),
+            }
+        })
+        .buffered(args.concurrency.max(1));
+    futures_util::pin_mut!(results);
+
+    let mut summary = Summary::default();
+    let mut stopped = false;
+    while let Some(result) = results.next().await {
+        let (position, outcome) = result.context("--input")?;
+        let line = match &outcome {
+            Outcome::Ran(result) => {
+                summary.record_run(result);
+                result_line(position, result)
+            }
+            Outcome::Invalid(e) => {
+                summary.record_invalid();
+                invalid_line(position, e)
+            }
+        };
+        if args.output.is_none() {
+            // Results share the terminal with the bar.
+            bar.clear();
+        }
+        serde_json::to_writer(&mut out, &line)?;
+        out.write_all(b"\n")?;
+        bar.update(&summary);
+        if args.fail_fast && summary.failures() > 0 {
+            stopped = true;
+            break;
+        }
+    }
+    out.flush()?;
+    bar.finish();
+    Ok(Ended {
+        passed: !stopped && summary.failure_ratio() <= args.max_failure_ratio,
+        summary,
+    })
+}
+
+/// One input's result before it is written.
+enum Outcome<Out> {
+    Ran(Result<RunReport<Out>, RunError>),
+    Invalid(InputError),
+}
+
+fn result_line<Out: Serialize>(
+    position: u64,
+    result: &Result<RunReport<Out>, RunError>,
+) -> serde_json::Value {
+    match result {
+        Ok(report) => json!({ "line": position, "report": report }),
+        Err(e) => json!({
+            "line": position,
+            "error": {
+                "code": "pipeline_failed",
+                "stage": e.stage(),
+                "message": e.to_string(),
+                "trace_id": e.trace_id(),
+            }
+        }),
+    }
+}
+
+fn invalid_line(position: u64, e: &InputError) -> serde_json::Value {
+    let (code, field) = match e {
+        InputError::Field(f) => ("invalid_field", Some(f.field.as_str())),
+        _ => ("malformed_json", None),
+    };
+    json!({
+        "line": position,
+        "error": { "code": code, "field": field, "message": e.to_string() }
+    })
+}
+
+/// The receiver as a stream (tokio-stream is not a dependency).
+fn tokio_stream_of<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A one-line progress bar on stderr, redrawn at most ten times a second,
+/// with `\r` only: no colour or cursor escape codes.
+struct Progress {
+    enabled: bool,
+    total_bytes: Option<u64>,
+    read: Arc<AtomicU64>,
+    started: Instant,
+    drawn: Option<Instant>,
+    width: usize,
+}
+
+impl Progress {
+    fn new(enabled: bool, total_bytes: Option<u64>, read: Arc<AtomicU64>) -> Self {
+        Self {
+            enabled,
+            total_bytes,
+            read,
+            started: Instant::now(),
+            drawn: None,
+            width: 0,
+        }
+    }
+
+    fn update(&mut self, summary: &Summary) {
+        let recent = self
+            .drawn
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(100));
+        if !self.enabled || (recent && self.width > 0) {
+            return;
+        }
+        self.drawn = Some(Instant::now());
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let rate = summary.inputs as f64 / elapsed.max(1e-9);
+        let mut text = format!(
+            "{} done, {} failed, {:.0}/s",
+            summary.inputs,
+            summary.failures(),
+            rate
+        );
+        if let Some(total) = self.total_bytes.filter(|t| *t > 0) {
+            let share = (self.read.load(Ordering::Relaxed) as f64 / total as f64).min(1.0);
+            let filled = (share * 20.0).round() as usize;
+            let eta = if share > 0.0 {
+                elapsed * (1.0 - share) / share
+            } else {
+                0.0
+            };
+            text = format!(
+                "[{}{}] {:>3.0}% {text}, ETA {}",
+                "#".repeat(filled),
+                "-".repeat(20 - filled),
+                share * 100.0,
+                clock(eta)
+            );
+        }
+        let pad = self.width.saturating_sub(text.len());
+        self.width = text.len();
+        eprint!("\r{text}{}", " ".repeat(pad));
+    }
+
+    fn clear(&mut self) {
+        if self.enabled && self.width > 0 {
+            eprint!("\r{}\r", " ".repeat(self.width));
+            self.width = 0;
+        }
+    }
+
+    fn finish(&mut self) {
+        self.clear();
+    }
+}
+
+fn clock(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
