@@ -69,6 +69,16 @@ pub struct TelemetryConfig {
     pub traces: Option<OtlpTarget>,
     /// OTLP log export, if any.
     pub logs: Option<OtlpTarget>,
+    /// OTLP metric push, if any: only with `OTEL_METRICS_EXPORTER=otlp`
+    /// (the default, `prometheus`, is the pull endpoint /metrics, which
+    /// stays on either way). For batch jobs, which end before a scrape.
+    pub metrics: Option<OtlpTarget>,
+    /// How often pushed metrics are exported (`OTEL_METRIC_EXPORT_INTERVAL`
+    /// in milliseconds, default 60 s); shutdown pushes a last time.
+    pub metric_interval: std::time::Duration,
+    /// Resource attributes added to every signal, beside
+    /// `OTEL_RESOURCE_ATTRIBUTES` (a batch's `batch_id`).
+    pub resource_attributes: Vec<(String, String)>,
     /// Root sampler (`OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`,
     /// default `parentbased_always_on`).
     pub sampler: SamplerConfig,
@@ -119,6 +129,9 @@ impl Default for TelemetryConfig {
             stdout_filter: None,
             traces: None,
             logs: None,
+            metrics: None,
+            metric_interval: std::time::Duration::from_secs(60),
+            resource_attributes: Vec::new(),
             sampler: SamplerConfig::ParentBasedAlwaysOn,
             sdk_disabled: false,
         }
@@ -161,6 +174,39 @@ impl TelemetryConfig {
         config.sampler = sampler_from(get("OTEL_TRACES_SAMPLER"), get("OTEL_TRACES_SAMPLER_ARG"))?;
         config.traces = otlp_target(&get, "TRACES", "OTEL_TRACES_EXPORTER", "/v1/traces")?;
         config.logs = otlp_target(&get, "LOGS", "OTEL_LOGS_EXPORTER", "/v1/logs")?;
+        config.metrics = match get("OTEL_METRICS_EXPORTER") {
+            None | Some("prometheus") | Some("none") => None,
+            Some("otlp") => Some(
+                otlp_target(&get, "METRICS", "OTEL_METRICS_EXPORTER", "/v1/metrics")?.ok_or_else(
+                    || {
+                        invalid(
+                            "OTEL_METRICS_EXPORTER",
+                            "otlp",
+                            "needs OTEL_EXPORTER_OTLP_METRICS_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT",
+                        )
+                    },
+                )?,
+            ),
+            Some(other) => {
+                return Err(invalid(
+                    "OTEL_METRICS_EXPORTER",
+                    other,
+                    "expected prometheus, otlp or none",
+                ))
+            }
+        };
+        if let Some(ms) = get("OTEL_METRIC_EXPORT_INTERVAL") {
+            config.metric_interval = match ms.parse::<u64>() {
+                Ok(ms) if ms > 0 => std::time::Duration::from_millis(ms),
+                _ => {
+                    return Err(invalid(
+                        "OTEL_METRIC_EXPORT_INTERVAL",
+                        ms,
+                        "expected a positive number of milliseconds",
+                    ))
+                }
+            };
+        }
         Ok(config)
     }
 }
@@ -278,6 +324,48 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn metrics_are_pushed_only_when_asked_for() {
+        let c = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]).unwrap();
+        assert_eq!(c.metrics, None, "the generic endpoint alone keeps pull");
+        let c = config(&[
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "5000"),
+        ])
+        .unwrap();
+        assert_eq!(c.metrics.unwrap().endpoint, "http://c:4318/v1/metrics");
+        assert_eq!(c.metric_interval, std::time::Duration::from_secs(5));
+        let c = config(&[
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                "http://prometheus:9090/api/v1/otlp/v1/metrics",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.metrics.unwrap().endpoint,
+            "http://prometheus:9090/api/v1/otlp/v1/metrics"
+        );
+        for (pairs, variable) in [
+            (
+                vec![("OTEL_METRICS_EXPORTER", "otlp")],
+                "OTEL_METRICS_EXPORTER",
+            ),
+            (
+                vec![("OTEL_METRICS_EXPORTER", "statsd")],
+                "OTEL_METRICS_EXPORTER",
+            ),
+            (
+                vec![("OTEL_METRIC_EXPORT_INTERVAL", "soon")],
+                "OTEL_METRIC_EXPORT_INTERVAL",
+            ),
+        ] {
+            assert_eq!(config(&pairs).unwrap_err().variable, variable);
+        }
     }
 
     #[test]

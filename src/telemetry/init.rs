@@ -77,8 +77,20 @@ where
 {
     let resource = Resource::builder()
         .with_service_name(config.service_name.clone())
+        .with_attributes(
+            config
+                .resource_attributes
+                .iter()
+                .map(|(k, v)| opentelemetry::KeyValue::new(k.clone(), v.clone())),
+        )
         .build();
-    let (registry, meter_provider) = metrics_provider(resource.clone())?;
+    let (registry, meter_provider) = match &config.metrics {
+        None => metrics_provider(resource.clone())?,
+        Some(target) => {
+            let push = otlp::metric_reader(target, config.metric_interval)?;
+            provider_with(resource.clone(), Some(push))?
+        }
+    };
     let meter = meter_provider.meter("pipelens");
 
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
@@ -194,17 +206,31 @@ where
 pub fn metrics_provider(
     resource: Resource,
 ) -> Result<(prometheus::Registry, SdkMeterProvider), TelemetryError> {
+    provider_with::<opentelemetry_sdk::metrics::ManualReader>(resource, None)
+}
+
+/// A meter provider behind the Prometheus exporter and, if given, a second
+/// reader (the OTLP push of batch runs).
+fn provider_with<R>(
+    resource: Resource,
+    push: Option<R>,
+) -> Result<(prometheus::Registry, SdkMeterProvider), TelemetryError>
+where
+    R: opentelemetry_sdk::metrics::reader::MetricReader,
+{
     let registry = prometheus::Registry::new();
     let exporter = opentelemetry_prometheus::exporter()
         .with_registry(registry.clone())
         .scope_info_enabled(false)
         .build()
         .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
-    let provider = SdkMeterProvider::builder()
+    let mut builder = SdkMeterProvider::builder()
         .with_reader(exporter)
-        .with_resource(resource)
-        .build();
-    Ok((registry, provider))
+        .with_resource(resource);
+    if let Some(push) = push {
+        builder = builder.with_reader(push);
+    }
+    Ok((registry, builder.build()))
 }
 
 /// Encodes every metric in `registry` in the Prometheus text format 0.0.4.

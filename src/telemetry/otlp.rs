@@ -78,6 +78,26 @@ mod exporters {
         .map_err(failed("logs", target))
     }
 
+    pub(super) fn metric_exporter(
+        target: &OtlpTarget,
+    ) -> Result<opentelemetry_otlp::MetricExporter, TelemetryError> {
+        let builder = opentelemetry_otlp::MetricExporter::builder();
+        match target.protocol {
+            Protocol::Grpc => builder
+                .with_tonic()
+                .with_endpoint(&target.endpoint)
+                .with_timeout(EXPORT_TIMEOUT)
+                .build(),
+            Protocol::HttpProtobuf => builder
+                .with_http()
+                .with_endpoint(&target.endpoint)
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_timeout(EXPORT_TIMEOUT)
+                .build(),
+        }
+        .map_err(failed("metrics", target))
+    }
+
     /// The `otel.component.type` of an exporter.
     pub(super) fn component(signal: &str, target: &OtlpTarget) -> &'static str {
         match (signal, target.protocol) {
@@ -137,6 +157,37 @@ pub(crate) fn log_processor(
         .with_batch_config(config)
         .build();
     Ok(Gated::new(processor, gate))
+}
+
+/// A reader that pushes every metric to `target` every `interval` (and at
+/// shutdown), cumulative as Prometheus' OTLP receiver expects, on a thread
+/// of its own.
+#[cfg(feature = "otlp")]
+pub(crate) fn metric_reader(
+    target: &OtlpTarget,
+    interval: std::time::Duration,
+) -> Result<
+    opentelemetry_sdk::metrics::PeriodicReader<opentelemetry_otlp::MetricExporter>,
+    TelemetryError,
+> {
+    let exporter = exporters::metric_exporter(target)?;
+    Ok(
+        opentelemetry_sdk::metrics::PeriodicReader::builder(exporter)
+            .with_interval(interval)
+            .build(),
+    )
+}
+
+/// Without the `otlp` feature there is no exporter to build.
+#[cfg(not(feature = "otlp"))]
+pub(crate) fn metric_reader(
+    target: &OtlpTarget,
+    _interval: std::time::Duration,
+) -> Result<opentelemetry_sdk::metrics::ManualReader, TelemetryError> {
+    Err(TelemetryError::OtlpNotBuilt {
+        signal: "metrics",
+        endpoint: target.endpoint.clone(),
+    })
 }
 
 /// Without the `otlp` feature there is no exporter to build.

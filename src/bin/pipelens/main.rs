@@ -77,6 +77,11 @@ enum Command {
         /// Exit 0 only if failed inputs are at most this share of all inputs.
         #[arg(long, default_value_t = 0.0, value_parser = ratio)]
         max_failure_ratio: f64,
+        /// The `batch_id` resource attribute of this batch's telemetry (an
+        /// orchestrator's run id, say); default: the start time and a
+        /// random suffix.
+        #[arg(long)]
+        batch_id: Option<String>,
     },
     /// Drive a running service with a realistic mix of rooms.
     Loadgen {
@@ -171,6 +176,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             concurrency,
             fail_fast,
             max_failure_ratio,
+            batch_id,
         } => {
             let cores = std::thread::available_parallelism().map_or(2, usize::from);
             let args = batch::BatchArgs {
@@ -180,7 +186,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 fail_fast,
                 max_failure_ratio,
             };
-            run_batch(args).await
+            let batch_id = batch_id.unwrap_or_else(|| {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                format!("{secs}-{:08x}", rand::random::<u32>())
+            });
+            run_batch(args, batch_id).await
         }
         Command::Loadgen {
             target,
@@ -256,8 +268,11 @@ fn ratio(value: &str) -> Result<f64, String> {
     }
 }
 
-async fn run_batch(args: batch::BatchArgs) -> anyhow::Result<()> {
+async fn run_batch(args: batch::BatchArgs, batch_id: String) -> anyhow::Result<()> {
     let mut config = TelemetryConfig::from_env()?;
+    config
+        .resource_attributes
+        .push(("batch_id".to_owned(), batch_id.clone()));
     if std::env::var_os("RUST_LOG").is_none() {
         // A line per run (and a WARN per low-confidence model) would bury
         // the progress bar and the summary: stderr shows errors only, while
@@ -271,7 +286,7 @@ async fn run_batch(args: batch::BatchArgs) -> anyhow::Result<()> {
     let ended = batch::run(&pipeline, decode, &args).await;
     tokio::task::spawn_blocking(move || telemetry.shutdown()).await??;
     let ended = ended?;
-    eprint!("{}", ended.summary);
+    eprint!("batch {batch_id}: {}", ended.summary);
     if !ended.passed {
         bail!(
             "{} of {} inputs failed (ratio {:.4}, --max-failure-ratio {}{})",
