@@ -256,32 +256,27 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_cleanly() {
     );
 }
 
-/// What one client request of the load saw.
-struct Sent {
-    started: Instant,
-    finished: Instant,
-    outcome: Result<(StatusCode, String), String>,
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_under_load_finishes_in_flight_refuses_new_flushes_telemetry_and_exits_in_time() {
-    let (collector, received) = support::otlp::start_http().await;
+/// Starts `pipelens serve` on a free port with a slow air-supply model
+/// (`latency_ms` per run) and `args`/`env` on top, and waits until it is
+/// ready. Stderr is piped (read it once the process has exited).
+async fn serve_slow(
+    latency_ms: u64,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let faults = dir.path().join("faults.json");
-    // Every run takes at least 300 ms: many are in flight at SIGTERM.
-    std::fs::write(&faults, r#"{"air_supply": {"latency_ms": 300}}"#).unwrap();
+    std::fs::write(
+        &faults,
+        format!(r#"{{"air_supply": {{"latency_ms": {latency_ms}}}}}"#),
+    )
+    .unwrap();
     let addr = free_port();
-    let endpoint = format!("http://{collector}");
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["serve", "--addr", &addr.to_string()])
-        .args(["--shutdown-grace-secs", "10"])
+        .args(args)
         .env("PIPELENS_FAULTS_FILE", &faults)
-        .env("PIPELENS_LOG_FORMAT", "json")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-        // No export before the shutdown flush: what arrives, it flushed.
-        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
-        .env("OTEL_BLRP_SCHEDULE_DELAY", "600000")
+        .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -295,6 +290,62 @@ async fn sigterm_under_load_finishes_in_flight_refuses_new_flushes_telemetry_and
                 .await
                 .is_ok_and(|r| r.status == StatusCode::OK)
         },
+    )
+    .await;
+    (child, addr, dir)
+}
+
+/// Sends SIGTERM to `child` and waits at most `limit` for it to exit; its
+/// exit status, how long it took and its stderr.
+async fn terminate(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> (std::process::ExitStatus, Duration, String) {
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let signalled = Instant::now();
+    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(signalled.elapsed() < limit, "still running after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = signalled.elapsed();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status, took, stderr)
+}
+
+/// What one client request of the load saw.
+struct Sent {
+    started: Instant,
+    finished: Instant,
+    outcome: Result<(StatusCode, String), String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_finishes_in_flight_refuses_new_flushes_telemetry_and_exits_in_time() {
+    let (collector, received) = support::otlp::start_http().await;
+    let endpoint = format!("http://{collector}");
+    // Every run takes at least 300 ms: many are in flight at SIGTERM.
+    let (mut child, addr, _dir) = serve_slow(
+        300,
+        &["--shutdown-grace-secs", "10"],
+        &[
+            ("PIPELENS_LOG_FORMAT", "json"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            // No export before the shutdown flush: what arrives, it flushed.
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+            ("OTEL_BLRP_SCHEDULE_DELAY", "600000"),
+        ],
     )
     .await;
 
@@ -333,33 +384,13 @@ async fn sigterm_under_load_finishes_in_flight_refuses_new_flushes_telemetry_and
         .collect();
     tokio::time::sleep(Duration::from_millis(1000)).await;
 
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
     let signalled = Instant::now();
-    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(20),
-            "pipelens did not exit within its 10 s grace and the flush"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let exited_after = signalled.elapsed();
+    let (status, exited_after, stderr) = terminate(&mut child, Duration::from_secs(20)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut sent = Vec::new();
     for client in clients {
         sent.extend(client.await.unwrap());
     }
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
     assert!(status.success(), "exit {status:?}: {stderr}");
     assert!(
         exited_after < Duration::from_secs(5),
@@ -430,29 +461,7 @@ async fn sigterm_under_load_finishes_in_flight_refuses_new_flushes_telemetry_and
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_shutdown_grace_the_service_stops_without_the_run_and_exits_1() {
-    let dir = tempfile::tempdir().unwrap();
-    let faults = dir.path().join("faults.json");
-    std::fs::write(&faults, r#"{"air_supply": {"latency_ms": 5000}}"#).unwrap();
-    let addr = free_port();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--addr", &addr.to_string()])
-        .args(["--shutdown-grace-secs", "0.5"])
-        .env("PIPELENS_FAULTS_FILE", &faults)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(
-        "the service to be ready",
-        Duration::from_secs(20),
-        async || {
-            support::service::try_send(addr, Method::GET, "/ready", "", &[])
-                .await
-                .is_ok_and(|r| r.status == StatusCode::OK)
-        },
-    )
-    .await;
+    let (mut child, addr, _dir) = serve_slow(5000, &["--shutdown-grace-secs", "0.5"], &[]).await;
     let slow = tokio::spawn(async move {
         support::service::try_send(
             addr,
@@ -464,27 +473,7 @@ async fn past_the_shutdown_grace_the_service_stops_without_the_run_and_exits_1()
         .await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let signalled = Instant::now();
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(4),
-            "still running"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (status, _, stderr) = terminate(&mut child, Duration::from_secs(4)).await;
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("0.5 s after the shutdown signal"),
