@@ -25,6 +25,9 @@
 //!   exported over OTLP; the same with parent-based 10% head sampling.
 //! - `exporters`: OTLP export to an endpoint that refuses connections and to
 //!   one that accepts TCP and never answers, against the healthy case.
+//! - `overload`: 256 connections against a service whose air-supply model
+//!   takes 20 ms: admitted runs keep a bounded p99, the rest are refused
+//!   with 503 in milliseconds, memory stays flat.
 //! - `python`: the same three-candidate pipeline with fixed results served
 //!   by pipelens (`examples/fixed_three.rs`) and by the seeds' FastAPI stack
 //!   (`bench/python/app.py`), telemetry off and on.
@@ -96,9 +99,9 @@ impl Options {
             }
         }
         for suite in &options.suites {
-            if !["telemetry", "exporters", "python"].contains(&suite.as_str()) {
+            if !["telemetry", "exporters", "overload", "python"].contains(&suite.as_str()) {
                 return Err(format!(
-                    "--suite: unknown suite {suite} (telemetry, exporters, python)"
+                    "--suite: unknown suite {suite} (telemetry, exporters, overload, python)"
                 ));
             }
         }
@@ -122,6 +125,8 @@ struct Variant {
     env: Vec<(&'static str, String)>,
     route: &'static str,
     body: &'static str,
+    /// Connections, if not `--connections`.
+    connections: Option<usize>,
 }
 
 /// Which program a variant runs.
@@ -145,6 +150,8 @@ struct Figures {
     peak_rss_mib: f64,
     failures: u64,
     failed_statuses: Vec<(u16, u64)>,
+    refused: u64,
+    refused_p99_ms: Vec<f64>,
     broken: u64,
     requests: u64,
     spans: u64,
@@ -210,6 +217,7 @@ fn main() {
         env,
         route: CEILING_ROUTE,
         body: ROOM,
+        connections: None,
     };
     let mut variants = Vec::new();
     let has = |suite: &str| options.suites.iter().any(|s| s == suite);
@@ -235,6 +243,23 @@ fn main() {
             otlp(blackhole.addr),
         ));
     }
+    if has("overload") {
+        let slow = || {
+            vec![
+                (
+                    "PIPELENS_FAULTS",
+                    r#"{"air_supply": {"latency_ms": 20}}"#.to_owned(),
+                ),
+                ("PIPELENS_LOG_FORMAT", "json".to_owned()),
+            ]
+        };
+        let mut normal = ceiling("20 ms model, 16 connections", slow());
+        normal.connections = Some(16);
+        variants.push(normal);
+        let mut overload = ceiling("20 ms model, 256 connections", slow());
+        overload.connections = Some(256);
+        variants.push(overload);
+    }
     if has("python") {
         for (name, command, env) in [
             ("pipelens fixed, telemetry off", Command::FixedThree, off()),
@@ -255,6 +280,7 @@ fn main() {
                 env,
                 route: FIXED_ROUTE,
                 body: FEATURES,
+                connections: None,
             });
         }
     }
@@ -329,7 +355,7 @@ fn measure(
         }
     };
     let mut service = Service::start(&Launch { command, env, addr })?;
-    let connections = options.connections;
+    let connections = variant.connections.unwrap_or(options.connections);
     runtime.block_on(load::run(
         addr,
         variant.route,
@@ -355,6 +381,10 @@ fn measure(
         .cpu_us_per_request
         .push(cpu.as_secs_f64() * 1e6 / done.max(1) as f64);
     figures.peak_rss_mib = figures.peak_rss_mib.max(service.peak_rss_mib());
+    figures
+        .refused_p99_ms
+        .push(refused_quantile_ms(&mut outcome.refused_us, 0.99));
+    figures.refused += outcome.refused_us.len() as u64;
     figures.failures += outcome.failures();
     figures.broken += outcome.broken;
     for (code, n) in &outcome.failed {
@@ -408,6 +438,16 @@ fn example(name: &str) -> Result<String, String> {
             path.display()
         ))
     }
+}
+
+/// The `q` quantile of refused requests' latencies, in milliseconds.
+fn refused_quantile_ms(latencies_us: &mut [u32], q: f64) -> f64 {
+    if latencies_us.is_empty() {
+        return f64::NAN;
+    }
+    latencies_us.sort_unstable();
+    let rank = ((latencies_us.len() - 1) as f64 * q).round() as usize;
+    f64::from(latencies_us[rank]) / 1000.0
 }
 
 /// Failed requests with their statuses and broken connections, e.g.
@@ -502,6 +542,24 @@ fn report(variants: &[Variant], figures: &[Figures], options: &Options) {
                 goal(within && down.failures == 0 && down.dropped + down.export_failed > 0.0)
             );
         }
+    }
+    if let (Some(normal), Some(over)) = (
+        find("20 ms model, 16 connections"),
+        find("20 ms model, 256 connections"),
+    ) {
+        println!(
+            "Overload (256 connections vs 16, 20 ms model): admitted {:.0} vs {:.0} runs/s, \
+             admitted p99 {:.1} vs {:.1} ms, {} refused with 503 at p99 {:.2} ms, \
+             peak RSS {:.1} vs {:.1} MiB",
+            over.throughput(),
+            normal.throughput(),
+            over.p99(),
+            normal.p99(),
+            over.refused,
+            median(&over.refused_p99_ms),
+            over.peak_rss_mib,
+            normal.peak_rss_mib,
+        );
     }
     let fixed = |name: &str| find(name);
     if let (Some(pl_off), Some(pl_on), Some(py_off), Some(py_on)) = (

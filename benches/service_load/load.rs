@@ -15,6 +15,8 @@ use tokio::net::TcpStream;
 pub(crate) struct Outcome {
     /// Latency of every 2xx response, in microseconds.
     pub(crate) latencies_us: Vec<u32>,
+    /// Latency of every 503 (a refused request), in microseconds.
+    pub(crate) refused_us: Vec<u32>,
     /// Responses with another status, by status code.
     pub(crate) failed: Vec<(u16, u64)>,
     /// Connections that broke (reset, closed, unparsable response).
@@ -46,6 +48,7 @@ impl Outcome {
 
     fn merge(&mut self, other: Self) {
         self.latencies_us.extend(other.latencies_us);
+        self.refused_us.extend(other.refused_us);
         for (code, n) in other.failed {
             match self.failed.iter_mut().find(|(c, _)| *c == code) {
                 Some((_, m)) => *m += n,
@@ -111,6 +114,10 @@ async fn connection(addr: SocketAddr, request: Vec<u8>, deadline: Instant) -> Ou
                     let us = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
                     outcome.latencies_us.push(us);
                 } else {
+                    if status == 503 {
+                        let us = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                        outcome.refused_us.push(us);
+                    }
                     match outcome.failed.iter_mut().find(|(c, _)| *c == status) {
                         Some((_, n)) => *n += 1,
                         None => outcome.failed.push((status, 1)),

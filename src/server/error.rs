@@ -18,6 +18,12 @@ use crate::pipeline::RunError;
 #[derive(Debug, Clone)]
 pub(crate) struct ServerErrorCause(pub(crate) String);
 
+/// Marks a 503 from admission control, which the HTTP layer counts but
+/// does not log: a line per refusal would add load exactly when the service
+/// has none to spare.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refused;
+
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -177,8 +183,7 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(*retry_after_s));
-            // Refusals are counted in the HTTP metrics; a log line each would
-            // add load exactly when the service has none to spare.
+            response.extensions_mut().insert(Refused);
             return response;
         }
         if status.is_server_error() {

@@ -16,7 +16,7 @@ use opentelemetry::KeyValue;
 use tracing::{field, Instrument};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::error::{ApiError, ServerErrorCause};
+use super::error::{ApiError, Refused, ServerErrorCause};
 use crate::names;
 
 /// Bucket boundaries (seconds) for request durations: the semantic
@@ -194,6 +194,9 @@ pub(crate) async fn observe(
     }
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
+    }
+    // Admission refusals are counted in the HTTP metrics, not logged.
+    if status.is_server_error() && response.extensions().get::<Refused>().is_none() {
         let cause = response
             .extensions()
             .get::<ServerErrorCause>()
