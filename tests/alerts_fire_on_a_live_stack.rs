@@ -14,14 +14,18 @@
 //!    Prometheus, is active in Alertmanager's API on the receiver its
 //!    severity routes to, and reaches that receiver's webhook;
 //! 4. with the file back to `{}`, the alert resolves in Prometheus, leaves
-//!    Alertmanager and a resolved notification reaches the webhook.
+//!    Alertmanager and a resolved notification reaches the webhook;
+//! 5. the Watchdog heartbeat reaches the watchdog webhook, and no other;
+//! 6. every Prometheus and Alertmanager metric a rule or dashboard reads is
+//!    on the real binaries' /metrics.
 //!
 //! What differs from the compose stack, and why: scrape and evaluation
-//! intervals are 1 s (the shipped ones are 10-15 s), only the pipelens job is
-//! scraped (the other components are not running; its job name, labels and
-//! settings are the shipped ones), targets are loopback ports, and
-//! Alertmanager's group_wait / group_interval are 1 s (shipped: 10-30 s /
-//! 5 m). Every rule, route, receiver and inhibition is the shipped one.
+//! intervals are 1 s (the shipped ones are 10-15 s), only the pipelens,
+//! prometheus and alertmanager jobs are scraped (the other components are not
+//! running; the job names, labels and settings are the shipped ones), targets
+//! are loopback ports, and Alertmanager's group_wait / group_interval are 1 s
+//! (shipped: 0-30 s / 1-5 m). Every rule, route, receiver and inhibition is
+//! the shipped one.
 //!
 //! Every child process is killed and every temporary file removed when the
 //! test ends, passed or failed. Missing tools fail the test with the command
@@ -86,9 +90,10 @@ fn write_faults(path: &Path, json: &str) {
 }
 
 /// The shipped prometheus.yml for the test: 1 s intervals, the shipped
-/// pipelens job (name, labels, settings) scraping `service`, the shipped rule
+/// pipelens, prometheus and alertmanager jobs (name, labels, settings)
+/// scraping `service`, `prometheus` and `alertmanager`, the shipped rule
 /// files, alerts to `alertmanager`.
-fn prometheus_config(service: &str, alertmanager: &str) -> (Yaml, String) {
+fn prometheus_config(service: &str, prometheus: &str, alertmanager: &str) -> (Yaml, String) {
     let mut config = yaml_file("prometheus/prometheus.yml");
     for (k, v) in [
         ("scrape_interval", "1s"),
@@ -117,7 +122,33 @@ fn prometheus_config(service: &str, alertmanager: &str) -> (Yaml, String) {
         sc["targets"] = Yaml::Sequence(vec![Yaml::from(service)]);
     }
     job["static_configs"] = Yaml::Sequence(static_configs);
-    config["scrape_configs"] = Yaml::Sequence(vec![job]);
+    let mut jobs = vec![job];
+    // The stack watching itself: Prometheus' and Alertmanager's own jobs.
+    for (component, addr) in [("prometheus", prometheus), ("alertmanager", alertmanager)] {
+        let mut job = config["scrape_configs"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|j| {
+                j["static_configs"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .any(|sc| {
+                        yaml_strings(&sc["targets"])
+                            .iter()
+                            .any(|t| t.starts_with(&format!("{component}:")))
+                    })
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("prometheus.yml does not scrape {component}"));
+        job["scrape_interval"] = Yaml::from("1s");
+        job["scrape_timeout"] = Yaml::from("1s");
+        job["static_configs"] =
+            serde_yaml_ng::from_str(&format!("[{{targets: [\"{addr}\"]}}]")).unwrap();
+        jobs.push(job);
+    }
+    config["scrape_configs"] = Yaml::Sequence(jobs);
     config["rule_files"] = Yaml::Sequence(
         prometheus_rule_files()
             .iter()
@@ -137,19 +168,39 @@ fn prometheus_config(service: &str, alertmanager: &str) -> (Yaml, String) {
 
 /// The shipped alertmanager.yml with 1 s group_wait and group_interval on
 /// every route (the entrypoint then renders the webhook URLs into it).
-fn alertmanager_template() -> Yaml {
-    fn shorten(route: &mut Yaml) {
-        route["group_wait"] = Yaml::from("1s");
-        route["group_interval"] = Yaml::from("1s");
-        if let Some(routes) = route["routes"].as_sequence_mut() {
-            for r in routes {
-                shorten(r);
-            }
-        }
+///
+/// Edited as text, not parsed and re-written: the entrypoint finds each
+/// receiver by its marker comment, which a YAML round trip would drop. Every
+/// `group_wait` / `group_interval` line is set to 1s; routes without their
+/// own inherit the root's, which must therefore set both.
+fn alertmanager_template() -> String {
+    let shipped = read("deploy/alertmanager/alertmanager.yml");
+    let root: Yaml = serde_yaml_ng::from_str(&shipped).unwrap();
+    for key in ["group_wait", "group_interval"] {
+        assert!(
+            !root["route"][key].is_null(),
+            "alertmanager.yml's root route sets no {key}"
+        );
     }
-    let mut config = yaml_file("deploy/alertmanager/alertmanager.yml");
-    shorten(&mut config["route"]);
-    config
+    let text: String = shipped
+        .lines()
+        .map(|line| {
+            let trimmed = line.trim_start();
+            let indent = &line[..line.len() - trimmed.len()];
+            match ["group_wait:", "group_interval:"]
+                .iter()
+                .find(|k| trimmed.starts_with(**k))
+            {
+                Some(key) => format!("{indent}{key} 1s\n"),
+                None => format!("{line}\n"),
+            }
+        })
+        .collect();
+    // Still the shipped routes, receivers and inhibitions.
+    let edited: Yaml = serde_yaml_ng::from_str(&text).unwrap();
+    assert_eq!(edited["receivers"], root["receivers"]);
+    assert_eq!(edited["inhibit_rules"], root["inhibit_rules"]);
+    text
 }
 
 /// Runs a Prometheus instant query: its samples as (labels, value), or the
@@ -235,6 +286,39 @@ fn notified(hooks: &Hooks, path: &str, status: &str) -> bool {
                     && a["labels"]["model_name"] == FAULTY_MODEL
             })
     })
+}
+
+/// The webhook paths that received a notification carrying `alertname`.
+fn paths_notified_of(hooks: &Hooks, alertname: &str) -> Vec<String> {
+    let mut paths: Vec<String> = hooks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, body)| {
+            body["alerts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|a| a["labels"]["alertname"] == alertname)
+        })
+        .map(|(p, _)| p.clone())
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// The sample names on a component's /metrics.
+async fn metric_names(base: &str) -> Result<std::collections::BTreeSet<String>, String> {
+    let (status, body) = http(Method::GET, &format!("{base}/metrics"), "").await?;
+    if status != 200 {
+        return Err(format!("{base}/metrics answered {status}"));
+    }
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap_or_default().to_owned())
+        .collect())
 }
 
 /// Every shipped rule is loaded and has been evaluated without error.
@@ -329,11 +413,7 @@ async fn model_failures_fire_an_alert_that_reaches_alertmanager_and_resolves() {
     // Alertmanager: the shipped config, rendered by the shipped entrypoint
     // with the webhook URLs pointing here.
     let template = dir.join("alertmanager.template.yml");
-    std::fs::write(
-        &template,
-        serde_yaml_ng::to_string(&alertmanager_template()).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(&template, alertmanager_template()).unwrap();
     let am_addr = format!("127.0.0.1:{}", free_port());
     let alertmanager = format!("http://{am_addr}");
     children.spawn(
@@ -356,13 +436,17 @@ async fn model_failures_fire_an_alert_that_reaches_alertmanager_and_resolves() {
             .env(
                 "ALERTMANAGER_WARNING_WEBHOOK_URL",
                 format!("http://127.0.0.1:{hook_port}/warning"),
+            )
+            .env(
+                "ALERTMANAGER_WATCHDOG_WEBHOOK_URL",
+                format!("http://127.0.0.1:{hook_port}/watchdog"),
             ),
     );
 
     // Prometheus.
     let prom_addr = format!("127.0.0.1:{}", free_port());
     let prometheus = format!("http://{prom_addr}");
-    let (config, job) = prometheus_config(&service, &am_addr);
+    let (config, job) = prometheus_config(&service, &prom_addr, &am_addr);
     let config_path = dir.join("prometheus.yml");
     std::fs::write(&config_path, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
     children.spawn(
@@ -627,6 +711,76 @@ async fn model_failures_fire_an_alert_that_reaches_alertmanager_and_resolves() {
             },
         )
         .await;
+
+    // 5. The heartbeat reaches its own receiver, and no pager.
+    children
+        .wait_for(
+            "Watchdog on the watchdog webhook",
+            Duration::from_secs(30),
+            || {
+                let hooks = Arc::clone(&hooks);
+                async move {
+                    let paths = paths_notified_of(&hooks, "Watchdog");
+                    if paths.is_empty() {
+                        Err("no Watchdog notification yet".to_owned())
+                    } else {
+                        Ok(())
+                    }
+                }
+            },
+        )
+        .await;
+    assert_eq!(
+        paths_notified_of(&hooks, "Watchdog"),
+        vec!["/watchdog".to_owned()],
+        "the Watchdog must reach the watchdog receiver only"
+    );
+
+    // 6. The components' own metrics that rules and dashboards read exist on
+    // the real binaries (and Prometheus scrapes both).
+    let mut component_metrics: Vec<(String, String)> = Vec::new();
+    let mut exprs: Vec<String> = rules.iter().map(|r| r.expr.clone()).collect();
+    exprs.extend(
+        before_fault
+            .iter()
+            .chain(&after_fault)
+            .map(|(_, e)| e.clone()),
+    );
+    for expr in &exprs {
+        for name in promql_metric_names(expr) {
+            for (prefix, base) in [
+                ("prometheus_", &prometheus),
+                ("alertmanager_", &alertmanager),
+            ] {
+                if name.starts_with(prefix) {
+                    component_metrics.push((name.clone(), base.clone()));
+                }
+            }
+        }
+    }
+    component_metrics.sort();
+    component_metrics.dedup();
+    assert!(
+        !component_metrics.is_empty(),
+        "no rule or dashboard reads a Prometheus or Alertmanager metric"
+    );
+    for (name, base) in &component_metrics {
+        let names = metric_names(base).await.unwrap();
+        assert!(
+            names.contains(name),
+            "{name} is read by a rule or dashboard but {base}/metrics does not export it"
+        );
+    }
+    eprintln!("component metrics seen on the real binaries: {component_metrics:?}");
+    for target_job in ["prometheus", "alertmanager"] {
+        let up = query(&prometheus, &format!("up{{job=\"{target_job}\"}}"))
+            .await
+            .unwrap();
+        assert!(
+            up.iter().any(|(_, v)| v == "1"),
+            "Prometheus does not scrape job {target_job}: {up:?}"
+        );
+    }
 
     // The rules still evaluate cleanly after all that.
     rules_healthy(&prometheus, rules.len()).await.unwrap();

@@ -14,9 +14,13 @@
 //!   or a known Prometheus / stack-component metric;
 //! - dashboards parse, their uids are unique and every data source they use
 //!   is provisioned (with the same plugin type);
+//! - the service does not wait for its telemetry backends to start;
+//! - a span in Jaeger links to its trace's logs with a query Loki accepts;
 //! - every alert has a severity, summary, description, a runbook URL whose
 //!   anchor is a README heading and a dashboard link to a real dashboard, and
-//!   a firing and a non-firing `promtool test rules` case;
+//!   a firing and a non-firing `promtool test rules` case (a heartbeat:
+//!   severity none, a route of its own, firing from the first evaluation; a
+//!   generated SLO alert: its page and its ticket each seen firing);
 //! - `promtool check config`, `promtool check rules`, `promtool test rules`,
 //!   `amtool check-config` (on the shipped file and on the copy the container
 //!   entrypoint renders) and `docker-compose config` accept the files.
@@ -484,6 +488,22 @@ fn compose_services_follow_the_stack_policy() {
                 "{name}: depends_on {other:?} is a list; use the mapping form with condition: service_healthy"
             )),
         }
+        // Telemetry never blocks the app: a service that exports over OTLP
+        // starts whether its backends are up or not.
+        let backends = otlp_backends(s);
+        for dep in s["depends_on"]
+            .as_mapping()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, _)| yaml_str(k))
+        {
+            if backends.contains(&dep) {
+                problems.push(format!(
+                    "{name}: depends_on {dep}, which only receives its telemetry: telemetry must never \
+                     keep the service from starting"
+                ));
+            }
+        }
     }
     // Grafana: no admin/admin, anonymous access read-only.
     if let Some(g) = services.get("grafana") {
@@ -537,6 +557,54 @@ fn compose_services_follow_the_stack_policy() {
         }
     }
     assert_no_problems("docker-compose.yml breaks the stack policy", &problems);
+}
+
+/// The compose services a service sends telemetry to: the hosts of its
+/// `OTEL_EXPORTER_OTLP_*ENDPOINT` variables.
+fn otlp_backends(service: &Yaml) -> BTreeSet<String> {
+    environment(service)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("OTEL_EXPORTER_OTLP_") && k.ends_with("ENDPOINT"))
+        .filter_map(|(_, url)| {
+            let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+            let authority = rest.split('/').next()?;
+            Some(
+                authority
+                    .rsplit_once(':')
+                    .map_or(authority, |(h, _)| h)
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_service_does_not_wait_for_its_telemetry_backends() {
+    let compose = compose();
+    let services = compose_services(&compose);
+    let pipelens = services
+        .get("pipelens")
+        .expect("docker-compose.yml has no pipelens service");
+    let backends = otlp_backends(pipelens);
+    // The policy test above holds every service to this; here, that the
+    // compose file really exports to Jaeger and Loki, so that it means
+    // something.
+    assert!(
+        backends.contains("jaeger") && backends.contains("loki"),
+        "pipelens exports telemetry to {backends:?}, expected jaeger and loki"
+    );
+    let waits_for: Vec<String> = pipelens["depends_on"]
+        .as_mapping()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, _)| yaml_str(k))
+        .filter(|d| backends.contains(d))
+        .collect();
+    assert!(
+        waits_for.is_empty(),
+        "pipelens depends_on {waits_for:?}: a dead Jaeger or Loki must cost only dropped telemetry, \
+         not the service"
+    );
 }
 
 // ------------------------------------------------------------------- ports
@@ -843,10 +911,6 @@ const PROMETHEUS_SYNTHETIC_METRICS: &[&str] = &[
     "ALERTS_FOR_STATE",
 ];
 
-/// Metric name prefixes of the stack's other components (Prometheus,
-/// Alertmanager, Loki, Grafana, Jaeger / the OpenTelemetry Collector, Go
-/// runtimes). A selector restricted to the pipelens job never counts as one
-/// of these: the service must export it.
 /// pipelens' own telemetry self-observability series, which exist only with
 /// OTLP export configured (the in-process service here has none):
 /// `a_dead_backend_costs_only_dropped_telemetry` and
@@ -858,9 +922,23 @@ const OTLP_SELF_OBSERVABILITY: &[&str] = &[
     "otel_sdk_exporter_log_exported_total",
 ];
 
+/// Prometheus' and Alertmanager's own metrics that rules and dashboards read,
+/// each with the scrape job (prometheus.yml) that collects it. A selector
+/// must name that job. `alerts_fire_on_a_live_stack` checks every
+/// `prometheus_*` / `alertmanager_*` metric a rule or dashboard reads against
+/// the real binaries' /metrics.
+const STACK_COMPONENT_METRICS: &[(&str, &str)] = &[
+    ("prometheus_rule_evaluation_failures_total", "prometheus"),
+    ("alertmanager_notifications_total", "alertmanager"),
+    ("alertmanager_notifications_failed_total", "alertmanager"),
+];
+
+/// Metric name prefixes of the stack's other components that nothing here
+/// runs (Loki, Grafana, Jaeger / the OpenTelemetry Collector, Go runtimes;
+/// Prometheus and Alertmanager are listed metric by metric above). A
+/// selector restricted to the pipelens job never counts as one of these: the
+/// service must export it.
 const KNOWN_EXTERNAL_PREFIXES: &[&str] = &[
-    "prometheus_",
-    "alertmanager_",
     "loki_",
     "grafana_",
     "otelcol_",
@@ -956,6 +1034,20 @@ async fn every_metric_in_rules_and_dashboards_is_exported_or_known() {
                 continue;
             }
             if OTLP_SELF_OBSERVABILITY.contains(&name.as_str()) {
+                continue;
+            }
+            if name.starts_with("prometheus_") || name.starts_with("alertmanager_") {
+                match STACK_COMPONENT_METRICS.iter().find(|(m, _)| *m == name) {
+                    Some((_, component_job)) if selects_job(&matchers, component_job) => {}
+                    Some((_, component_job)) => problems.push(format!(
+                        "{place}: {name}{{{matchers}}} must select job=\"{component_job}\", the \
+                         job that scrapes it"
+                    )),
+                    None => problems.push(format!(
+                        "{place}: {name} is not in STACK_COMPONENT_METRICS (add it once the live \
+                         stack test has seen it on the real binary)"
+                    )),
+                }
                 continue;
             }
             if KNOWN_EXTERNAL_PREFIXES.iter().any(|p| name.starts_with(p))
@@ -1140,6 +1232,135 @@ fn dashboards_parse_have_unique_uids_and_use_provisioned_datasources() {
     assert_no_problems("dashboards and datasources disagree", &problems);
 }
 
+/// A LogQL label matcher: (label, operator, value).
+type LabelMatcher = (String, String, String);
+
+/// The stream selector of a LogQL query (`{a="b", c=~"d"} | ...`) as
+/// label matchers, and the rest of the query.
+fn logql_stream_selector(query: &str) -> Result<(Vec<LabelMatcher>, String), String> {
+    let query = query.trim();
+    let inner = query
+        .strip_prefix('{')
+        .ok_or_else(|| format!("{query:?} does not start with a stream selector"))?;
+    let end = inner
+        .find('}')
+        .ok_or_else(|| format!("{query:?}: unclosed stream selector"))?;
+    let mut matchers = Vec::new();
+    for m in inner[..end]
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+    {
+        let at = m
+            .find(['=', '!'])
+            .ok_or_else(|| format!("{m:?} is not a label matcher"))?;
+        let (label, rest) = m.split_at(at);
+        let op_len = rest.find('"').unwrap_or(rest.len());
+        let (op, value) = rest.split_at(op_len);
+        matchers.push((
+            label.trim().to_owned(),
+            op.trim().to_owned(),
+            value.trim().trim_matches('"').to_owned(),
+        ));
+    }
+    Ok((matchers, inner[end + 1..].to_owned()))
+}
+
+/// A span in Jaeger links to the logs of its trace in Loki with a query Loki
+/// accepts: a stream selector with a matcher that cannot match the empty
+/// string (Loki refuses `{}`) naming the service's real `service_name`
+/// label, and a filter on the trace id.
+#[test]
+fn jaeger_links_a_span_to_the_logs_of_its_trace_with_a_query_loki_accepts() {
+    let provisioned = provisioned_datasources();
+    let mut found = 0;
+    for file in files_in("grafana/provisioning/datasources", &["yml", "yaml"]) {
+        let doc = yaml_file(&file);
+        for ds in doc["datasources"].as_sequence().into_iter().flatten() {
+            if yaml_str(&ds["type"]).as_deref() != Some("jaeger") {
+                continue;
+            }
+            found += 1;
+            let here = format!(
+                "{} datasource {}",
+                rel(&file),
+                yaml_str(&ds["name"]).unwrap_or_default()
+            );
+            let link = &ds["jsonData"]["tracesToLogsV2"];
+            let target = yaml_str(&link["datasourceUid"]).unwrap_or_default();
+            assert!(
+                provisioned
+                    .iter()
+                    .any(|d| d.uid == target && d.kind == "loki"),
+                "{here}: tracesToLogsV2.datasourceUid {target:?} is not a provisioned Loki"
+            );
+            // Without a custom query Grafana builds the selector from span
+            // tags, and Jaeger keeps service.name out of them: `{}`.
+            assert_eq!(
+                link["customQuery"].as_bool(),
+                Some(true),
+                "{here}: tracesToLogsV2 must use a custom query"
+            );
+            // `$$` is how the provisioning file escapes Grafana's own `$`.
+            let query = yaml_str(&link["query"])
+                .unwrap_or_default()
+                .replace("$$", "$");
+            let (matchers, pipeline) =
+                logql_stream_selector(&query).unwrap_or_else(|e| panic!("{here}: {e}"));
+            assert!(
+                matchers
+                    .iter()
+                    .any(|(_, op, value)| op == "=" && !value.is_empty() && !value.contains('$')),
+                "{here}: the stream selector of {query:?} needs a fixed, non-empty `label=\"value\"` \
+                 matcher (Loki refuses a selector that matches everything)"
+            );
+            let service = environment(&compose_services(&compose())["pipelens"])
+                .get("OTEL_SERVICE_NAME")
+                .cloned()
+                .unwrap_or_else(|| "pipelens".to_owned());
+            assert!(
+                matchers
+                    .iter()
+                    .any(|(l, op, v)| l == "service_name" && op == "=" && *v == service),
+                "{here}: {query:?} must select service_name=\"{service}\", the label Loki's OTLP \
+                 endpoint makes of the service's service.name"
+            );
+            assert!(
+                pipeline.contains("trace_id")
+                    && (pipeline.contains("${__trace.traceId}")
+                        || pipeline.contains("${__span.traceId}")),
+                "{here}: {query:?} does not filter on the span's trace id"
+            );
+        }
+    }
+    assert_eq!(found, 1, "expected one provisioned Jaeger datasource");
+    // Loki keeps its default OTLP label mapping (service.name ->
+    // service_name): nothing in its config overrides it.
+    let loki = read("deploy/loki/loki.yml");
+    assert!(
+        !loki.contains("otlp_config"),
+        "deploy/loki/loki.yml changes the OTLP attribute mapping: check that service.name still \
+         becomes the service_name label"
+    );
+}
+
+#[test]
+fn logql_stream_selectors_are_split_into_matchers() {
+    let (matchers, rest) =
+        logql_stream_selector(r#"{service_name="pipelens", level=~"err.*"} | trace_id="x""#)
+            .unwrap();
+    assert_eq!(
+        matchers,
+        vec![
+            ("service_name".into(), "=".into(), "pipelens".into()),
+            ("level".into(), "=~".into(), "err.*".into()),
+        ]
+    );
+    assert_eq!(rest, r#" | trace_id="x""#);
+    assert_eq!(logql_stream_selector("{} | x").unwrap().0, vec![]);
+    assert!(logql_stream_selector("| trace_id").is_err());
+}
+
 // ------------------------------------------------------------------ alerts
 
 /// The alerts the stack must have (issue: "at least ...").
@@ -1152,7 +1373,16 @@ const REQUIRED_ALERTS: &[&str] = &[
     "ModelNotLoaded",
     "PipelineStalled",
     "TargetDown",
+    "Watchdog",
+    "AlertmanagerNotificationsFailing",
+    "PrometheusRuleEvaluationFailures",
 ];
+
+/// Whether an alert is a heartbeat (a dead man's switch): always firing by
+/// design, `vector(1)`.
+fn is_heartbeat(rule: &Rule) -> bool {
+    rule.alert.is_some() && rule.expr.trim() == "vector(1)"
+}
 
 #[test]
 fn alerts_have_severity_annotations_runbooks_in_the_readme_and_dashboard_links() {
@@ -1171,13 +1401,33 @@ fn alerts_have_severity_annotations_runbooks_in_the_readme_and_dashboard_links()
             problems.push(format!("no alert named {required}"));
         }
     }
+    let alertmanager = yaml_file("deploy/alertmanager/alertmanager.yml");
     for r in &alerts {
         let name = r.alert.as_deref().unwrap();
         let here = format!("{} alert {name}", r.file);
         match r.labels.get("severity").map(String::as_str) {
-            Some("critical" | "warning") => {}
+            Some("critical" | "warning") if !is_heartbeat(r) => {}
+            // A heartbeat is no problem to page about: severity none, and a
+            // route of its own to a receiver that is not a pager's.
+            Some("none") if is_heartbeat(r) => {
+                match route_receiver(&alertmanager, &format!("alertname={name}")) {
+                    Some(receiver) if receiver != "critical" && receiver != "warning" => {}
+                    other => problems.push(format!(
+                        "{here}: a heartbeat needs an alertname={name} route to a receiver of its \
+                         own in alertmanager.yml, found {other:?}"
+                    )),
+                }
+            }
+            Some("none") => problems.push(format!(
+                "{here}: severity none is for heartbeats (expr vector(1)) only"
+            )),
             other => problems.push(format!(
-                "{here}: labels.severity is {other:?}, not critical or warning"
+                "{here}: labels.severity is {other:?}, not critical or warning{}",
+                if is_heartbeat(r) {
+                    " (a heartbeat: none)"
+                } else {
+                    ""
+                }
             )),
         }
         for a in ["summary", "description", "runbook_url"] {
@@ -1226,11 +1476,15 @@ fn alerts_have_severity_annotations_runbooks_in_the_readme_and_dashboard_links()
 }
 
 /// Every alert has a `promtool test rules` case where it fires and one where
-/// it must not (an empty `exp_alerts`).
+/// it must not (an empty `exp_alerts`). A heartbeat (always firing) cannot
+/// have a silent case; it must instead be tested firing at the very first
+/// evaluation (no `for`, nothing it waits on).
 #[test]
 fn every_alert_has_a_firing_and_a_silent_rule_unit_test() {
     let mut firing: BTreeMap<String, usize> = BTreeMap::new();
     let mut silent: BTreeMap<String, usize> = BTreeMap::new();
+    let mut fires_at_start: BTreeSet<String> = BTreeSet::new();
+    let mut firing_variants: BTreeSet<(String, String)> = BTreeSet::new();
     for file in files_in("prometheus/tests", &["yml", "yaml"]) {
         let doc = yaml_file(&file);
         for t in doc["tests"].as_sequence().into_iter().flatten() {
@@ -1239,6 +1493,17 @@ fn every_alert_has_a_firing_and_a_silent_rule_unit_test() {
                 let fires = case["exp_alerts"]
                     .as_sequence()
                     .is_some_and(|a| !a.is_empty());
+                // Generated SLO alerts come as a page and a ticket of one
+                // name (label sloth_severity): each must be seen firing.
+                for alert in case["exp_alerts"].as_sequence().into_iter().flatten() {
+                    if let Some(s) = yaml_str(&alert["exp_labels"]["sloth_severity"]) {
+                        firing_variants.insert((name.clone(), s));
+                    }
+                }
+                let at = yaml_str(&case["eval_time"]).unwrap_or_default();
+                if fires && at.trim_end_matches(['s', 'm', 'h']) == "0" {
+                    fires_at_start.insert(name.clone());
+                }
                 *if fires { &mut firing } else { &mut silent }
                     .entry(name)
                     .or_default() += 1;
@@ -1247,11 +1512,31 @@ fn every_alert_has_a_firing_and_a_silent_rule_unit_test() {
     }
     let mut problems = Vec::new();
     for r in rules() {
+        let heartbeat = is_heartbeat(&r);
+        if let (Some(name), Some(variant)) = (&r.alert, r.labels.get("sloth_severity")) {
+            if !firing_variants.contains(&(name.clone(), variant.clone())) {
+                problems.push(format!(
+                    "{name}: no promtool test case where its {variant} alert (sloth_severity) fires"
+                ));
+            }
+        }
         let Some(name) = r.alert else { continue };
         if !firing.contains_key(&name) {
             problems.push(format!("{name}: no promtool test case where it fires"));
         }
-        if !silent.contains_key(&name) {
+        if heartbeat {
+            if !fires_at_start.contains(&name) || r.for_.is_some() {
+                problems.push(format!(
+                    "{name}: a heartbeat must fire from the first evaluation (no `for`), with a \
+                     promtool case at eval_time 0m"
+                ));
+            }
+            if silent.contains_key(&name) {
+                problems.push(format!(
+                    "{name}: a heartbeat has a case where it is silent?"
+                ));
+            }
+        } else if !silent.contains_key(&name) {
             problems.push(format!(
                 "{name}: no promtool test case where it must not fire"
             ));
@@ -1336,10 +1621,34 @@ fn promtool_rule_unit_tests_pass() {
     );
 }
 
+/// The webhook URL variables of deploy/alertmanager/entrypoint.sh and the
+/// receiver each one fills.
+const WEBHOOK_VARIABLES: &[(&str, &str)] = &[
+    ("ALERTMANAGER_CRITICAL_WEBHOOK_URL", "critical"),
+    ("ALERTMANAGER_WARNING_WEBHOOK_URL", "warning"),
+    ("ALERTMANAGER_WATCHDOG_WEBHOOK_URL", "watchdog"),
+];
+
+/// The receiver of the first route of `config` (an Alertmanager config)
+/// whose matchers are exactly `matcher` (spaces and quotes ignored), if any.
+fn route_receiver(config: &Yaml, matcher: &str) -> Option<String> {
+    config["route"]["routes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|r| {
+            yaml_strings(&r["matchers"])
+                .iter()
+                .any(|m| m.replace([' ', '\'', '"'], "") == matcher)
+        })
+        .and_then(|r| yaml_str(&r["receiver"]))
+}
+
 /// The shipped alertmanager.yml passes amtool as it is, and so does the copy
 /// that deploy/alertmanager/entrypoint.sh renders in the container, both
 /// with the webhook URLs set (they land in the right receivers, characters
-/// special to sed included) and unset (the file is unchanged).
+/// special to sed included) and unset (the file is unchanged: every receiver
+/// a null receiver, so no notification is attempted and none can fail).
 #[test]
 fn amtool_checks_the_shipped_and_the_rendered_alertmanager_config() {
     let amtool = require_tool(&["amtool"]);
@@ -1351,21 +1660,19 @@ fn amtool_checks_the_shipped_and_the_rendered_alertmanager_config() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let render = |name: &str, critical: Option<&str>, warning: Option<&str>| {
+    let render = |name: &str, urls: &[(&str, &str)]| {
         let rendered = dir.path().join(name);
         let mut cmd = Command::new("sh");
         cmd.arg(repo().join("deploy/alertmanager/entrypoint.sh"))
             .arg("--ignored-by-true")
             .env("ALERTMANAGER_CONFIG_TEMPLATE", &shipped)
             .env("ALERTMANAGER_RENDERED_CONFIG", &rendered)
-            .env("ALERTMANAGER_BIN", "true")
-            .env_remove("ALERTMANAGER_CRITICAL_WEBHOOK_URL")
-            .env_remove("ALERTMANAGER_WARNING_WEBHOOK_URL");
-        if let Some(url) = critical {
-            cmd.env("ALERTMANAGER_CRITICAL_WEBHOOK_URL", url);
+            .env("ALERTMANAGER_BIN", "true");
+        for (var, _) in WEBHOOK_VARIABLES {
+            cmd.env_remove(var);
         }
-        if let Some(url) = warning {
-            cmd.env("ALERTMANAGER_WARNING_WEBHOOK_URL", url);
+        for (var, url) in urls {
+            cmd.env(var, url);
         }
         let (ok, out) = run(&mut cmd);
         assert!(ok, "deploy/alertmanager/entrypoint.sh failed:\n{out}");
@@ -1376,19 +1683,7 @@ fn amtool_checks_the_shipped_and_the_rendered_alertmanager_config() {
         );
         rendered
     };
-
-    let unset = render("unset.yml", None, None);
-    assert_eq!(
-        std::fs::read_to_string(&unset).unwrap(),
-        read(&shipped),
-        "with no webhook URL set the rendered config should be the shipped one"
-    );
-
-    let critical = "https://hooks.example.com/critical?a=1&b=x|y";
-    let warning = "http://warning-bridge:8080/hook";
-    let set = render("set.yml", Some(critical), Some(warning));
-    let doc: Yaml = serde_yaml_ng::from_str(&std::fs::read_to_string(&set).unwrap()).unwrap();
-    let url_of = |receiver: &str| -> Vec<String> {
+    let webhooks_of = |doc: &Yaml, receiver: &str| -> Vec<(String, Option<bool>)> {
         doc["receivers"]
             .as_sequence()
             .into_iter()
@@ -1400,39 +1695,89 @@ fn amtool_checks_the_shipped_and_the_rendered_alertmanager_config() {
                     .cloned()
                     .unwrap_or_default()
             })
-            .filter_map(|w| yaml_str(&w["url"]))
+            .map(|w| {
+                (
+                    yaml_str(&w["url"]).unwrap_or_default(),
+                    w["send_resolved"].as_bool(),
+                )
+            })
             .collect()
     };
+
+    let unset = render("unset.yml", &[]);
     assert_eq!(
-        url_of("critical"),
-        vec![critical.to_owned()],
+        std::fs::read_to_string(&unset).unwrap(),
+        read(&shipped),
+        "with no webhook URL set the rendered config should be the shipped one"
+    );
+    let doc = yaml_file(&unset);
+    for (_, receiver) in WEBHOOK_VARIABLES {
+        assert_eq!(
+            webhooks_of(&doc, receiver),
+            vec![],
+            "with no URL set, receiver {receiver} must be a null receiver (nothing to fail)"
+        );
+    }
+
+    let critical = "https://hooks.example.com/critical?a=1&b=x|y";
+    let warning = "http://warning-bridge:8080/hook";
+    let watchdog = "https://hc-ping.example.com/0f1e2d3c";
+    let set = render(
+        "set.yml",
+        &[
+            ("ALERTMANAGER_CRITICAL_WEBHOOK_URL", critical),
+            ("ALERTMANAGER_WARNING_WEBHOOK_URL", warning),
+            ("ALERTMANAGER_WATCHDOG_WEBHOOK_URL", watchdog),
+        ],
+    );
+    let doc: Yaml = serde_yaml_ng::from_str(&std::fs::read_to_string(&set).unwrap()).unwrap();
+    assert_eq!(
+        webhooks_of(&doc, "critical"),
+        vec![(critical.to_owned(), Some(true))],
         "critical receiver"
     );
     assert_eq!(
-        url_of("warning"),
-        vec![warning.to_owned()],
+        webhooks_of(&doc, "warning"),
+        vec![(warning.to_owned(), Some(true))],
         "warning receiver"
     );
+    // The heartbeat never resolves; a resolved message would read as "stop".
+    assert_eq!(
+        webhooks_of(&doc, "watchdog"),
+        vec![(watchdog.to_owned(), Some(false))],
+        "watchdog receiver"
+    );
 
-    // Routing by severity: critical -> critical, warning -> warning.
-    let routes = doc["route"]["routes"]
-        .as_sequence()
-        .cloned()
-        .unwrap_or_default();
-    for severity in ["critical", "warning"] {
-        let receiver = routes
+    // One variable alone fills its receiver only.
+    let one = render(
+        "one.yml",
+        &[("ALERTMANAGER_WATCHDOG_WEBHOOK_URL", watchdog)],
+    );
+    let one = yaml_file(&one);
+    assert_eq!(webhooks_of(&one, "critical"), vec![]);
+    assert_eq!(webhooks_of(&one, "watchdog").len(), 1);
+
+    // Routing: Watchdog -> watchdog first (before any severity route could
+    // take it), critical -> critical, warning -> warning.
+    assert_eq!(
+        route_receiver(&doc, "alertname=Watchdog").as_deref(),
+        Some("watchdog"),
+        "alertname=Watchdog route"
+    );
+    let first = &doc["route"]["routes"][0];
+    assert!(
+        yaml_strings(&first["matchers"])
             .iter()
-            .find(|r| {
-                yaml_strings(&r["matchers"])
-                    .iter()
-                    .any(|m| m.replace([' ', '\''], "") == format!("severity=\"{severity}\""))
-            })
-            .and_then(|r| yaml_str(&r["receiver"]))
-            .or_else(|| {
-                (severity == "warning")
-                    .then(|| yaml_str(&doc["route"]["receiver"]))
-                    .flatten()
-            });
+            .any(|m| m.replace([' ', '\'', '"'], "") == "alertname=Watchdog")
+            && first["continue"].as_bool() != Some(true),
+        "the Watchdog route must come first and not continue: {first:?}"
+    );
+    for severity in ["critical", "warning"] {
+        let receiver = route_receiver(&doc, &format!("severity={severity}")).or_else(|| {
+            (severity == "warning")
+                .then(|| yaml_str(&doc["route"]["receiver"]))
+                .flatten()
+        });
         assert_eq!(
             receiver.as_deref(),
             Some(severity),
@@ -1452,13 +1797,13 @@ fn promql_metric_extraction_skips_functions_labels_strings_and_durations() {
                / on (job) group_left (stage) sum without (le) (rate(ml_model_confidence_count[$__rate_interval]))
                # a comment with a_fake_metric
                or on() label_replace(vector(0), "error_type", "none", "", "") > bool 0.95e-3
-               and pipelens:model_errors:rate5m unless count(ALERTS{alertstate="firing"})"#
+               and pipeline_model_name_error_type:ml_model_errors:rate5m unless count(ALERTS{alertstate="firing"})"#
         ),
         vec![
             "ALERTS",
             "http_server_request_duration_seconds_bucket",
             "ml_model_confidence_count",
-            "pipelens:model_errors:rate5m",
+            "pipeline_model_name_error_type:ml_model_errors:rate5m",
         ]
     );
     assert_eq!(

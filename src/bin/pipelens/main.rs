@@ -1,6 +1,7 @@
 //! The `pipelens` command line: `serve` the ceiling-layout pipeline over
-//! HTTP, `run` it once on a room file, drive a service with `loadgen`, and
-//! `healthcheck` a service (for container health checks without a shell).
+//! HTTP, `run` a batch of rooms, drive a service with `loadgen`,
+//! `healthcheck` a service (for container health checks without a shell), and
+//! `slo generate` Prometheus rules and their tests from an SLO spec.
 //!
 //! The demo lives in [`demo`]: a user of the library's public API like any
 //! other.
@@ -11,6 +12,7 @@
 
 mod batch;
 mod demo;
+mod slo;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -107,6 +109,11 @@ enum Command {
         /// input drift, for the FeatureDrift alert).
         #[arg(long, value_enum, default_value_t = MixArg::Realistic)]
         mix: MixArg,
+    },
+    /// Service level objectives: rules, alerts and tests from one spec.
+    Slo {
+        #[command(subcommand)]
+        command: slo::SloCommand,
     },
     /// Exit 0 if the URL answers 200, 1 otherwise (container health checks).
     Healthcheck {
@@ -220,6 +227,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             println!("{summary}");
             Ok(())
         }
+        Command::Slo { command } => slo::run(command),
         Command::Healthcheck { url } => healthcheck(&url).await,
     }
 }
