@@ -8,9 +8,9 @@
 //! < 0.1 stable, 0.1–0.2 moderate shift, > 0.2 significant drift.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use opentelemetry::metrics::{Gauge, Meter};
+use opentelemetry::metrics::{Counter, Gauge, Meter};
 use opentelemetry::KeyValue;
 
 use crate::names;
@@ -69,11 +69,82 @@ pub fn psi(reference: &[u64], live: &[u64]) -> f64 {
         .sum()
 }
 
-struct State {
+/// A reference histogram and a sliding live window per feature, and their
+/// PSI: the arithmetic of drift, with no threads or metrics, so it can be
+/// tested and reused on its own. The first `reference_size` observations
+/// form the reference; the last `window_size` after them the live window.
+#[derive(Debug, Clone)]
+pub struct DriftWindow {
+    features: Vec<Feature>,
+    reference_size: usize,
+    window_size: usize,
     reference: Vec<Vec<u64>>,
     reference_seen: usize,
     live: Vec<Vec<u64>>,
     window: VecDeque<Vec<usize>>,
+}
+
+impl DriftWindow {
+    /// An empty window over `features`.
+    pub fn new(features: Vec<Feature>, reference_size: usize, window_size: usize) -> Self {
+        let zeros: Vec<Vec<u64>> = features.iter().map(|f| vec![0; f.bins()]).collect();
+        Self {
+            features,
+            reference_size: reference_size.max(1),
+            window_size: window_size.max(1),
+            reference: zeros.clone(),
+            reference_seen: 0,
+            live: zeros,
+            window: VecDeque::with_capacity(window_size.max(1)),
+        }
+    }
+
+    /// Adds one observation (values in the order of the features) to the
+    /// reference while it is incomplete, to the live window after.
+    pub fn record(&mut self, values: &[f64]) {
+        let bins: Vec<usize> = self
+            .features
+            .iter()
+            .zip(values)
+            .map(|(f, v)| f.bin(*v))
+            .collect();
+        if self.reference_seen < self.reference_size {
+            for (i, b) in bins.iter().enumerate() {
+                self.reference[i][*b] += 1;
+            }
+            self.reference_seen += 1;
+            return;
+        }
+        for (i, b) in bins.iter().enumerate() {
+            self.live[i][*b] += 1;
+        }
+        self.window.push_back(bins);
+        if self.window.len() > self.window_size {
+            if let Some(old) = self.window.pop_front() {
+                for (i, b) in old.iter().enumerate() {
+                    self.live[i][*b] -= 1;
+                }
+            }
+        }
+    }
+
+    /// PSI per feature, once the reference is complete and the live window
+    /// holds at least one observation.
+    pub fn psi(&self) -> Option<Vec<f64>> {
+        if self.reference_seen < self.reference_size || self.window.is_empty() {
+            return None;
+        }
+        Some(
+            (0..self.features.len())
+                .map(|i| psi(&self.reference[i], &self.live[i]))
+                .collect(),
+        )
+    }
+
+    /// Observations recorded so far, reference included.
+    pub fn seen(&self) -> usize {
+        self.reference_seen + self.window.len()
+    }
 }
 
 type Extract<In> = Box<dyn Fn(&In) -> Vec<f64> + Send + Sync>;
@@ -87,11 +158,13 @@ pub struct DriftSpec<In> {
     extract: Extract<In>,
     reference_size: usize,
     window_size: usize,
+    publish_every: Duration,
 }
 
 impl<In> DriftSpec<In> {
     /// Watches `features`, whose values `extract` reads off each input. The
-    /// first 200 inputs are the reference, the last 200 the live window.
+    /// first 200 inputs are the reference, the last 200 the live window,
+    /// and the PSI is published every second.
     pub fn new(
         features: Vec<Feature>,
         extract: impl Fn(&In) -> Vec<f64> + Send + Sync + 'static,
@@ -101,6 +174,7 @@ impl<In> DriftSpec<In> {
             extract: Box::new(extract),
             reference_size: 200,
             window_size: 200,
+            publish_every: Duration::from_secs(1),
         }
     }
 
@@ -117,40 +191,52 @@ impl<In> DriftSpec<In> {
         self.window_size = n;
         self
     }
+
+    /// Sets how often the PSI is computed and recorded.
+    #[must_use]
+    pub fn publish_every(mut self, interval: Duration) -> Self {
+        self.publish_every = interval;
+        self
+    }
 }
 
-/// Tracks drift of a fixed set of features of one pipeline's inputs. The
-/// first `reference_size` observations form the reference; PSI is then
-/// computed over the last `window_size` observations and recorded on every
-/// observation.
+/// Samples waiting for the drift thread; beyond, they are dropped and
+/// counted.
+const SAMPLE_QUEUE: usize = 1024;
+
+/// What the request path hands to the drift thread.
+enum Message {
+    /// One input's feature values.
+    Sample(Vec<f64>),
+    /// Reply with the PSI and the observations seen once every earlier
+    /// message is folded in.
+    Flush(std::sync::mpsc::Sender<(Option<Vec<f64>>, usize)>),
+}
+
+/// Tracks drift of a fixed set of features of one pipeline's inputs, off
+/// the request path: [`DriftMonitor::observe_input`] reads the feature
+/// values and hands them to a bounded queue (never waiting: a full queue
+/// drops the sample and counts it on `ml_feature_drift_samples_dropped`);
+/// a thread of its own folds them into a [`DriftWindow`] and records
+/// `ml_feature_drift_psi{pipeline, feature}` every `publish_every`.
 pub struct DriftMonitor<In> {
-    features: Vec<Feature>,
     extract: Extract<In>,
-    reference_size: usize,
-    window_size: usize,
-    state: Mutex<State>,
-    gauge: Gauge<f64>,
-    labels: Vec<[KeyValue; 2]>,
+    samples: std::sync::mpsc::SyncSender<Message>,
+    dropped: Counter<u64>,
+    labels: [KeyValue; 1],
 }
 
 impl<In> DriftMonitor<In> {
-    /// A monitor for `spec`, recording `ml_feature_drift_psi{pipeline,
-    /// feature}` into `meter`.
+    /// A monitor for `spec`, recording into `meter`; starts its thread.
     pub fn from_spec(meter: &Meter, pipeline: &str, spec: DriftSpec<In>) -> Self {
-        let features = spec.features;
-        let zeros = || {
-            features
-                .iter()
-                .map(|f| vec![0; f.bins()])
-                .collect::<Vec<_>>()
-        };
-        let state = State {
-            reference: zeros(),
-            reference_seen: 0,
-            live: zeros(),
-            window: VecDeque::with_capacity(spec.window_size),
-        };
-        let labels = features
+        let gauge: Gauge<f64> = meter
+            .f64_gauge(names::FEATURE_DRIFT_PSI)
+            .with_description(
+                "Population stability index of the feature: live window vs reference window",
+            )
+            .build();
+        let labels: Vec<[KeyValue; 2]> = spec
+            .features
             .iter()
             .map(|f| {
                 [
@@ -159,64 +245,85 @@ impl<In> DriftMonitor<In> {
                 ]
             })
             .collect();
+        let window = DriftWindow::new(spec.features, spec.reference_size, spec.window_size);
+        let (samples, queue) = std::sync::mpsc::sync_channel(SAMPLE_QUEUE);
+        let every = spec.publish_every.max(Duration::from_millis(1));
+        std::thread::Builder::new()
+            .name("pipelens-drift".into())
+            .spawn(move || fold(window, &queue, every, &gauge, &labels))
+            .expect("spawn the drift thread");
         Self {
-            gauge: meter
-                .f64_gauge(names::FEATURE_DRIFT_PSI)
-                .with_description(
-                    "Population stability index of the feature: live window vs reference window",
-                )
-                .build(),
-            features,
             extract: spec.extract,
-            reference_size: spec.reference_size.max(1),
-            window_size: spec.window_size.max(1),
-            state: Mutex::new(state),
-            labels,
+            samples,
+            dropped: meter
+                .u64_counter(names::FEATURE_DRIFT_SAMPLES_DROPPED)
+                .with_description("Feature samples the drift thread had no room for")
+                .build(),
+            labels: [KeyValue::new(names::PIPELINE, pipeline.to_owned())],
         }
     }
 
-    /// Records one input's feature values and returns the current PSI per
-    /// feature once the reference is complete.
-    pub fn observe_input(&self, input: &In) -> Option<Vec<f64>> {
-        self.observe(&(self.extract)(input))
+    /// Hands one input's feature values to the drift thread, without
+    /// waiting; a full queue drops them (counted).
+    pub fn observe_input(&self, input: &In) {
+        self.observe((self.extract)(input));
     }
 
-    /// Records feature values (in the order of the features) and returns the
-    /// current PSI per feature once the reference is complete.
-    pub fn observe(&self, values: &[f64]) -> Option<Vec<f64>> {
-        let bins: Vec<usize> = self
-            .features
-            .iter()
-            .zip(values)
-            .map(|(f, v)| f.bin(*v))
-            .collect();
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if st.reference_seen < self.reference_size {
-            for (i, b) in bins.iter().enumerate() {
-                st.reference[i][*b] += 1;
+    /// Hands feature values (in the order of the features) to the drift
+    /// thread, without waiting.
+    pub fn observe(&self, values: Vec<f64>) {
+        if self.samples.try_send(Message::Sample(values)).is_err() {
+            self.dropped.add(1, &self.labels);
+        }
+    }
+
+    /// Waits until every sample handed over so far is folded in; the PSI
+    /// per feature then (`None` until the reference is complete) and the
+    /// observations folded in. For tests and shutdown, not the request path.
+    pub fn flush(&self) -> (Option<Vec<f64>>, usize) {
+        let (reply, answer) = std::sync::mpsc::channel();
+        if self.samples.send(Message::Flush(reply)).is_err() {
+            return (None, 0);
+        }
+        answer.recv().unwrap_or((None, 0))
+    }
+}
+
+/// The drift thread: folds samples in, publishes the PSI every `every`,
+/// answers flushes, and ends when its monitor is dropped.
+fn fold(
+    mut window: DriftWindow,
+    queue: &std::sync::mpsc::Receiver<Message>,
+    every: Duration,
+    gauge: &Gauge<f64>,
+    labels: &[[KeyValue; 2]],
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let publish = |window: &DriftWindow| {
+        if let Some(values) = window.psi() {
+            for (v, l) in values.iter().zip(labels) {
+                gauge.record(*v, l);
             }
-            st.reference_seen += 1;
-            return None;
         }
-        for (i, b) in bins.iter().enumerate() {
-            st.live[i][*b] += 1;
-        }
-        st.window.push_back(bins);
-        if st.window.len() > self.window_size {
-            if let Some(old) = st.window.pop_front() {
-                for (i, b) in old.iter().enumerate() {
-                    st.live[i][*b] -= 1;
-                }
+    };
+    let mut next = Instant::now() + every;
+    loop {
+        match queue.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            Ok(Message::Sample(values)) => window.record(&values),
+            Ok(Message::Flush(reply)) => {
+                publish(&window);
+                let _ = reply.send((window.psi(), window.seen()));
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                publish(&window);
+                return;
             }
         }
-        let values: Vec<f64> = (0..self.features.len())
-            .map(|i| psi(&st.reference[i], &st.live[i]))
-            .collect();
-        drop(st);
-        for (v, labels) in values.iter().zip(&self.labels) {
-            self.gauge.record(*v, labels);
+        if Instant::now() >= next {
+            publish(&window);
+            next = Instant::now() + every;
         }
-        Some(values)
     }
 }
 
@@ -272,27 +379,68 @@ mod tests {
         assert_eq!(psi(&[], &[]), 0.0);
     }
 
-    #[test]
-    fn monitor_uses_the_first_observations_as_reference_and_slides_the_window() {
-        let meter = opentelemetry::global::meter("drift-test");
-        let feature = Feature {
+    fn one_feature() -> Vec<Feature> {
+        vec![Feature {
             name: "x",
             edges: vec![10.0],
-        };
-        let spec = DriftSpec::new(vec![feature], |x: &f64| vec![*x])
+        }]
+    }
+
+    #[test]
+    fn the_window_uses_the_first_observations_as_reference_and_slides() {
+        let mut w = DriftWindow::new(one_feature(), 4, 4);
+        for v in [1.0, 2.0, 20.0, 30.0] {
+            w.record(&[v]);
+            assert_eq!(w.psi(), None, "reference incomplete or no live value");
+        }
+        w.record(&[5.0]);
+        w.record(&[50.0]);
+        let same = w.psi().unwrap()[0];
+        assert!(same < 0.01, "balanced live window: {same}");
+        for _ in 0..4 {
+            w.record(&[99.0]);
+        }
+        let moved = w.psi().unwrap()[0];
+        assert!(moved > 1.0, "all live values in one bin: {moved}");
+        assert_eq!(w.seen(), 8, "4 reference + a window of 4");
+    }
+
+    #[test]
+    fn the_monitor_folds_samples_off_the_request_path_and_accounts_for_each() {
+        let (registry, provider) = crate::telemetry::metrics_provider(
+            opentelemetry_sdk::Resource::builder_empty().build(),
+        )
+        .unwrap();
+        let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "drift-test");
+        let spec = DriftSpec::new(one_feature(), |x: &f64| vec![*x])
             .reference_size(4)
-            .window_size(4);
+            .window_size(4)
+            .publish_every(Duration::from_secs(3600));
         let m = DriftMonitor::from_spec(&meter, "p", spec);
         for v in [1.0, 2.0, 20.0, 30.0] {
-            assert_eq!(m.observe_input(&v), None);
+            m.observe_input(&v);
         }
-        m.observe(&[5.0]);
-        let same = m.observe(&[50.0]).unwrap()[0];
-        assert!(same < 0.01, "balanced live window: {same}");
-        let mut last = 0.0;
-        for _ in 0..4 {
-            last = m.observe(&[99.0]).unwrap()[0];
+        assert_eq!(m.flush(), (None, 4), "reference only");
+        let sent = 5000u64;
+        for _ in 0..sent {
+            m.observe_input(&99.0);
         }
-        assert!(last > 1.0, "all live values in one bin: {last}");
+        let (psi, seen) = m.flush();
+        assert!(psi.unwrap()[0] > 1.0);
+        let text = crate::telemetry::encode_metrics(&registry);
+        let dropped: f64 = text
+            .lines()
+            .find(|l| l.starts_with("ml_feature_drift_samples_dropped_total{"))
+            .and_then(|l| l.rsplit_once(' '))
+            .map_or(0.0, |(_, v)| v.parse().unwrap());
+        // Every sample was either folded in (the window keeps the last 4 of
+        // them) or counted as dropped; the flush published the gauge.
+        let folded_live = sent - dropped as u64;
+        assert!(folded_live >= 4, "{folded_live}");
+        assert_eq!(seen, 8);
+        assert!(
+            text.contains(r#"ml_feature_drift_psi{feature="x",pipeline="p"}"#),
+            "{text}"
+        );
     }
 }

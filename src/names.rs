@@ -41,6 +41,9 @@ pub const PROM_MODEL_ERRORS: &str = "ml_model_errors_total";
 pub const MODEL_LOADED: &str = "ml_model_loaded";
 /// OTel (and Prometheus) name of the feature drift gauge.
 pub const FEATURE_DRIFT_PSI: &str = "ml_feature_drift_psi";
+/// OTel name of the counter of feature samples the drift thread had no room
+/// for (label `pipeline`).
+pub const FEATURE_DRIFT_SAMPLES_DROPPED: &str = "ml_feature_drift_samples_dropped";
 /// OTel name of the HTTP server duration histogram (semantic conventions).
 pub const HTTP_SERVER_REQUEST_DURATION: &str = "http.server.request.duration";
 /// Prometheus name of [`HTTP_SERVER_REQUEST_DURATION`].

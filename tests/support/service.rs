@@ -149,7 +149,16 @@ pub async fn metrics_after_a_mix() -> Reply {
     }
     let bad = post_room(addr, r#"{"width": "x"}"#, &[]).await;
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
-    let reply = send(addr, Method::GET, "/metrics", "", &[]).await;
-    assert_eq!(reply.status, StatusCode::OK);
-    reply
+    // Drift is computed off the request path and published every second.
+    let started = std::time::Instant::now();
+    loop {
+        let reply = send(addr, Method::GET, "/metrics", "", &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        if reply.body.contains("ml_feature_drift_psi{")
+            || started.elapsed() > std::time::Duration::from_secs(5)
+        {
+            return reply;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

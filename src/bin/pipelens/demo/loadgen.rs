@@ -342,24 +342,21 @@ mod tests {
         }
     }
 
-    /// The drift monitor of the service, fed the realistic mix as reference
+    /// The service's drift arithmetic, fed the realistic mix as reference
     /// and then live traffic: the realistic mix stays stable, halls drift.
     fn psi_after(live: Mix) -> Vec<f64> {
         use crate::demo::planner;
-        let meter = opentelemetry::global::meter("loadgen-test");
-        let spec = pipelens::DriftSpec::new(planner::drift_features(), |room| {
-            planner::features(room).to_vec()
-        });
-        let monitor = pipelens::drift::DriftMonitor::from_spec(&meter, "test", spec);
+        let mut window = pipelens::drift::DriftWindow::new(planner::drift_features(), 200, 200);
         let mut rng = StdRng::seed_from_u64(3);
-        let mut last = None;
         for i in 0..400 {
             let mix = if i < 200 { Mix::Realistic } else { live };
             let body = room(&mut rng, mix).to_string();
             let room = planner::parse_room(body.as_bytes()).unwrap();
-            last = monitor.observe_input(&room);
+            window.record(&planner::features(&room));
         }
-        last.expect("the reference is complete after 200 rooms")
+        window
+            .psi()
+            .expect("the reference is complete after 200 rooms")
     }
 
     #[test]
