@@ -99,6 +99,64 @@ impl DriftWindow {
         }
     }
 
+    /// A window whose reference is `profile` (complete from the start): each
+    /// feature found in it by name takes its edges and counts; a feature
+    /// absent from it keeps its own edges and an empty reference, so its
+    /// PSI reads 0.
+    pub fn from_profile(features: Vec<Feature>, profile: &Profile, window_size: usize) -> Self {
+        let mut reference = Vec::with_capacity(features.len());
+        let features: Vec<Feature> = features
+            .into_iter()
+            .map(
+                |f| match profile.features.iter().find(|p| p.name == f.name) {
+                    Some(p) => {
+                        reference.push(p.counts.clone());
+                        Feature {
+                            name: f.name,
+                            edges: p.edges.clone(),
+                        }
+                    }
+                    None => {
+                        reference.push(vec![0; f.bins()]);
+                        f
+                    }
+                },
+            )
+            .collect();
+        let live = features.iter().map(|f| vec![0; f.bins()]).collect();
+        Self {
+            features,
+            reference_size: 1,
+            window_size: window_size.max(1),
+            reference,
+            reference_seen: 1,
+            live,
+            window: VecDeque::with_capacity(window_size.max(1)),
+        }
+    }
+
+    /// The reference as a [`Profile`], once it is complete.
+    pub fn profile(&self) -> Option<Profile> {
+        (self.reference_seen >= self.reference_size).then(|| Profile {
+            samples: self.reference_seen as u64,
+            features: self
+                .features
+                .iter()
+                .zip(&self.reference)
+                .map(|(f, counts)| FeatureProfile {
+                    name: f.name.to_owned(),
+                    edges: f.edges.clone(),
+                    counts: counts.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Whether the reference is complete.
+    pub fn has_reference(&self) -> bool {
+        self.reference_seen >= self.reference_size
+    }
+
     /// Adds one observation (values in the order of the features) to the
     /// reference while it is incomplete, to the live window after.
     pub fn record(&mut self, values: &[f64]) {
@@ -147,6 +205,126 @@ impl DriftWindow {
     }
 }
 
+/// A drift reference kept in a file: per feature, its bin edges and how many
+/// reference values fell in each bin. Built from a sample of inputs by
+/// [`Profile::from_samples`] (`pipelens profile`), or learned from the first
+/// inputs and persisted ([`DriftSpec::persist_to`]), so a restart does not
+/// forget it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// Values the profile was built from.
+    pub samples: u64,
+    /// One entry per feature.
+    pub features: Vec<FeatureProfile>,
+}
+
+/// One feature of a [`Profile`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureProfile {
+    /// The feature's name (the `feature` label).
+    pub name: String,
+    /// Upper bin edges, ascending; a last bin takes values above them.
+    pub edges: Vec<f64>,
+    /// Reference values per bin: `edges.len() + 1` counts.
+    pub counts: Vec<u64>,
+}
+
+/// Why a profile cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("drift profile: feature `{feature}`: {reason}")]
+pub struct ProfileError {
+    /// The feature at fault (or `.` for the whole profile).
+    pub feature: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl Profile {
+    /// Builds a profile from a sample: for each feature (named by `names`,
+    /// its values at the same index of every sample), `bins` bins between
+    /// the sample's quantiles, so each holds about the same share of the
+    /// sample; repeated quantiles (a feature with few distinct values)
+    /// collapse into fewer bins.
+    pub fn from_samples(names: &[&str], samples: &[Vec<f64>], bins: usize) -> Self {
+        let bins = bins.max(2);
+        let features = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let mut values: Vec<f64> = samples
+                    .iter()
+                    .filter_map(|s| s.get(i).copied())
+                    .filter(|v| v.is_finite())
+                    .collect();
+                values.sort_by(f64::total_cmp);
+                let mut edges: Vec<f64> = Vec::new();
+                if !values.is_empty() {
+                    for k in 1..bins {
+                        let rank = (k * values.len()).div_ceil(bins).saturating_sub(1);
+                        let edge = values[rank.min(values.len() - 1)];
+                        if edges.last().is_none_or(|last| edge > *last) {
+                            edges.push(edge);
+                        }
+                    }
+                }
+                let feature = Feature { name: "", edges };
+                let mut counts = vec![0; feature.bins()];
+                for v in &values {
+                    counts[feature.bin(*v)] += 1;
+                }
+                FeatureProfile {
+                    name: (*name).to_owned(),
+                    edges: feature.edges,
+                    counts,
+                }
+            })
+            .collect();
+        Self {
+            samples: samples.len() as u64,
+            features,
+        }
+    }
+
+    /// Checks edges ascend, finite, with one count more than edges.
+    pub fn validate(&self) -> Result<(), ProfileError> {
+        for f in &self.features {
+            let bad = |reason: &str| ProfileError {
+                feature: f.name.clone(),
+                reason: reason.to_owned(),
+            };
+            if f.counts.len() != f.edges.len() + 1 {
+                return Err(bad("needs one count more than edges"));
+            }
+            if f.edges.iter().any(|e| !e.is_finite()) || f.edges.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(bad("edges must be finite and strictly ascending"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and checks a profile file.
+    pub fn read(path: &std::path::Path) -> Result<Self, ProfileError> {
+        let whole = |reason: String| ProfileError {
+            feature: ".".to_owned(),
+            reason: format!("{}: {reason}", path.display()),
+        };
+        let text = std::fs::read(path).map_err(|e| whole(e.to_string()))?;
+        let profile: Self = serde_json::from_slice(&text).map_err(|e| whole(e.to_string()))?;
+        profile.validate()?;
+        Ok(profile)
+    }
+
+    /// Writes the profile as JSON, atomically (a temporary file renamed
+    /// over `path`).
+    pub fn write(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(tmp, path)
+    }
+}
+
 type Extract<In> = Box<dyn Fn(&In) -> Vec<f64> + Send + Sync>;
 
 /// Which numeric features of a pipeline's input are watched for drift: the
@@ -159,6 +337,8 @@ pub struct DriftSpec<In> {
     reference_size: usize,
     window_size: usize,
     publish_every: Duration,
+    reference: Option<Profile>,
+    persist_to: Option<std::path::PathBuf>,
 }
 
 impl<In> DriftSpec<In> {
@@ -175,7 +355,28 @@ impl<In> DriftSpec<In> {
             reference_size: 200,
             window_size: 200,
             publish_every: Duration::from_secs(1),
+            reference: None,
+            persist_to: None,
         }
+    }
+
+    /// Uses `profile` as the reference from the first input on (a profile
+    /// built by `pipelens profile` from a sample of training or known-good
+    /// inputs), instead of learning it from the first inputs.
+    #[must_use]
+    pub fn reference(mut self, profile: Profile) -> Self {
+        self.reference = Some(profile);
+        self
+    }
+
+    /// Keeps the reference in the file at `path`: read at start if it
+    /// exists (then nothing is learned), otherwise learned from the first
+    /// inputs and written there once complete, so a restart does not reset
+    /// it. An unreadable file is reported and the reference learned again.
+    #[must_use]
+    pub fn persist_to(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.persist_to = Some(path.into());
+        self
     }
 
     /// Sets how many first inputs form the reference.
@@ -245,12 +446,27 @@ impl<In> DriftMonitor<In> {
                 ]
             })
             .collect();
-        let window = DriftWindow::new(spec.features, spec.reference_size, spec.window_size);
+        let stored = match (&spec.reference, &spec.persist_to) {
+            (Some(profile), _) => Some(profile.clone()),
+            (None, Some(path)) if path.exists() => match Profile::read(path) {
+                Ok(profile) => Some(profile),
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "drift reference unreadable; learning it again");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let persist = spec.persist_to.filter(|_| stored.is_none());
+        let window = match &stored {
+            Some(profile) => DriftWindow::from_profile(spec.features, profile, spec.window_size),
+            None => DriftWindow::new(spec.features, spec.reference_size, spec.window_size),
+        };
         let (samples, queue) = std::sync::mpsc::sync_channel(SAMPLE_QUEUE);
         let every = spec.publish_every.max(Duration::from_millis(1));
         std::thread::Builder::new()
             .name("pipelens-drift".into())
-            .spawn(move || fold(window, &queue, every, &gauge, &labels))
+            .spawn(move || fold(window, &queue, every, &gauge, &labels, persist))
             .expect("spawn the drift thread");
         Self {
             extract: spec.extract,
@@ -297,6 +513,7 @@ fn fold(
     every: Duration,
     gauge: &Gauge<f64>,
     labels: &[[KeyValue; 2]],
+    mut persist: Option<std::path::PathBuf>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
     let publish = |window: &DriftWindow| {
@@ -309,7 +526,22 @@ fn fold(
     let mut next = Instant::now() + every;
     loop {
         match queue.recv_timeout(next.saturating_duration_since(Instant::now())) {
-            Ok(Message::Sample(values)) => window.record(&values),
+            Ok(Message::Sample(values)) => {
+                let had = window.has_reference();
+                window.record(&values);
+                if !had && window.has_reference() {
+                    if let (Some(path), Some(profile)) = (persist.take(), window.profile()) {
+                        match profile.write(&path) {
+                            Ok(()) => {
+                                tracing::info!(path = %path.display(), "drift reference learned and saved")
+                            }
+                            Err(e) => {
+                                tracing::warn!(path = %path.display(), error.message = %e, "cannot save the drift reference")
+                            }
+                        }
+                    }
+                }
+            }
             Ok(Message::Flush(reply)) => {
                 publish(&window);
                 let _ = reply.send((window.psi(), window.seen()));
@@ -441,6 +673,87 @@ mod tests {
         assert!(
             text.contains(r#"ml_feature_drift_psi{feature="x",pipeline="p"}"#),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_profile_bins_a_sample_at_its_quantiles() {
+        // 1..=100 in 4 bins: edges at the 25th, 50th and 75th values.
+        let samples: Vec<Vec<f64>> = (1..=100).map(|v| vec![f64::from(v), 7.0]).collect();
+        let p = Profile::from_samples(&["x", "constant"], &samples, 4);
+        assert_eq!(p.samples, 100);
+        assert_eq!(p.features[0].edges, [25.0, 50.0, 75.0]);
+        assert_eq!(p.features[0].counts, [25, 25, 25, 25]);
+        // A constant feature collapses into one edge and two bins.
+        assert_eq!(p.features[1].edges, [7.0]);
+        assert_eq!(p.features[1].counts, [100, 0]);
+        p.validate().unwrap();
+        let broken = Profile {
+            samples: 1,
+            features: vec![FeatureProfile {
+                name: "x".into(),
+                edges: vec![2.0, 1.0],
+                counts: vec![1, 0, 0],
+            }],
+        };
+        assert_eq!(broken.validate().unwrap_err().feature, "x");
+    }
+
+    #[test]
+    fn a_window_from_a_profile_compares_from_the_first_input() {
+        let profile = Profile {
+            samples: 100,
+            features: vec![FeatureProfile {
+                name: "x".into(),
+                edges: vec![10.0],
+                counts: vec![50, 50],
+            }],
+        };
+        let features = vec![
+            Feature {
+                name: "x",
+                edges: vec![1.0, 2.0, 3.0],
+            },
+            Feature {
+                name: "absent",
+                edges: vec![1.0],
+            },
+        ];
+        let mut w = DriftWindow::from_profile(features, &profile, 10);
+        w.record(&[99.0, 5.0]);
+        let psi = w.psi().unwrap();
+        // The profile's bins, not the spec's: 50/50 vs 0/100 with the floor:
+        // (0.0001-0.5)ln(0.0002) + (1-0.5)ln(2) = 4.2586 + 0.3466
+        assert!((psi[0] - 4.605_2).abs() < 1e-3, "{psi:?}");
+        assert_eq!(psi[1], 0.0, "absent from the reference");
+    }
+
+    #[test]
+    fn a_learned_reference_is_saved_and_read_back_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reference.json");
+        let meter = opentelemetry::global::meter("drift-persist-test");
+        let spec = || {
+            DriftSpec::new(one_feature(), |x: &f64| vec![*x])
+                .reference_size(4)
+                .window_size(4)
+                .persist_to(&path)
+        };
+        let first = DriftMonitor::from_spec(&meter, "p", spec());
+        for v in [1.0, 2.0, 20.0, 30.0] {
+            first.observe_input(&v);
+        }
+        first.flush();
+        let saved = Profile::read(&path).unwrap();
+        assert_eq!(saved.features[0].counts, [2, 2]);
+        drop(first);
+        // A restart: the reference is there before any input.
+        let second = DriftMonitor::from_spec(&meter, "p", spec());
+        second.observe_input(&99.0);
+        let (psi, _) = second.flush();
+        assert!(
+            psi.unwrap()[0] > 1.0,
+            "compared with the saved reference at once"
         );
     }
 }

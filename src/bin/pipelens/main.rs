@@ -60,6 +60,23 @@ enum Command {
         /// the service stops anyway (and exits 1); telemetry is flushed after.
         #[arg(long, env = "PIPELENS_SHUTDOWN_GRACE_SECS", default_value_t = 15.0, value_parser = grace_secs)]
         shutdown_grace_secs: f64,
+        /// The drift reference file: read at start if it exists (made by
+        /// `pipelens profile`, or saved earlier), else learned from the first
+        /// rooms and saved there, so a restart does not reset it.
+        #[arg(long, env = "PIPELENS_DRIFT_REFERENCE")]
+        drift_reference: Option<PathBuf>,
+    },
+    /// Build a drift reference profile from a sample of rooms.
+    Profile {
+        /// Rooms as JSON Lines or a JSON array; `-` reads stdin.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the profile (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Bins per feature, between the sample's quantiles.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=100))]
+        bins: u32,
     },
     /// Run a batch of rooms: one JSON result per line, then a summary.
     Run {
@@ -163,6 +180,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             run_queue,
             max_queue_wait_ms,
             shutdown_grace_secs,
+            drift_reference,
         } => {
             let defaults = Concurrency::default();
             let concurrency = Concurrency {
@@ -174,6 +192,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 addr,
                 concurrency,
                 Duration::from_secs_f64(shutdown_grace_secs),
+                drift_reference,
             )
             .await
         }
@@ -228,6 +247,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Slo { command } => slo::run(command),
+        Command::Profile { input, out, bins } => profile(&input, &out, bins as usize).await,
         Command::Healthcheck { url } => healthcheck(&url).await,
     }
 }
@@ -242,12 +262,28 @@ fn grace_secs(value: &str) -> Result<f64, String> {
     }
 }
 
-async fn serve(addr: SocketAddr, concurrency: Concurrency, grace: Duration) -> anyhow::Result<()> {
+async fn serve(
+    addr: SocketAddr,
+    concurrency: Concurrency,
+    grace: Duration,
+    drift_reference: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let config = TelemetryConfig::from_env()?;
     let telemetry = telemetry::init(&config).context("cannot initialise telemetry")?;
     let faults = Arc::new(Faults::from_env()?);
     faults.watch(Duration::from_secs(1));
-    let pipeline = planner::pipeline(Some(telemetry.meter()), &faults, planner::DRIFT_WINDOW)?;
+    if let Some(path) = &drift_reference {
+        if path.exists() {
+            pipelens::drift::Profile::read(path)
+                .with_context(|| format!("--drift-reference {}", path.display()))?;
+        }
+    }
+    let pipeline = planner::pipeline_with_reference(
+        Some(telemetry.meter()),
+        &faults,
+        planner::DRIFT_WINDOW,
+        drift_reference,
+    )?;
     let server = Server::builder()
         .telemetry(&telemetry)
         .pipeline(planner::served(pipeline))
@@ -305,6 +341,57 @@ async fn run_batch(args: batch::BatchArgs, batch_id: String) -> anyhow::Result<(
             if args.fail_fast { ", --fail-fast" } else { "" }
         );
     }
+    Ok(())
+}
+
+/// `pipelens profile`: reads rooms, builds the drift reference from their
+/// features, writes it; bad lines are named and skipped.
+async fn profile(
+    input: &std::path::Path,
+    out: &std::path::Path,
+    bins: usize,
+) -> anyhow::Result<()> {
+    let reader: Box<dyn std::io::BufRead + Send> = if input == std::path::Path::new("-") {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(input)
+                .with_context(|| format!("cannot read --input {}", input.display()))?,
+        ))
+    };
+    let mut items = pipelens::batch::read_json(reader, planner::room_from_value);
+    let mut samples = Vec::new();
+    let mut skipped = 0u64;
+    while let Some(item) = items.recv().await {
+        let item = item.with_context(|| format!("--input {}", input.display()))?;
+        match item.input {
+            Ok(room) => samples.push(planner::features(&room).to_vec()),
+            Err(e) => {
+                skipped += 1;
+                eprintln!(
+                    "--input {} line {}: {e} (skipped)",
+                    input.display(),
+                    item.position
+                );
+            }
+        }
+    }
+    if samples.is_empty() {
+        bail!(
+            "--input {}: no valid room to build a profile from",
+            input.display()
+        );
+    }
+    let names: Vec<&str> = planner::drift_features().iter().map(|f| f.name).collect();
+    let profile = pipelens::drift::Profile::from_samples(&names, &samples, bins);
+    profile
+        .write(out)
+        .with_context(|| format!("cannot write --out {}", out.display()))?;
+    eprintln!(
+        "profile of {} rooms ({skipped} skipped) written to {}",
+        samples.len(),
+        out.display()
+    );
     Ok(())
 }
 

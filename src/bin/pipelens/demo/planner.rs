@@ -38,6 +38,25 @@ pub fn pipeline(
     faults: &Arc<Faults>,
     drift_reference: usize,
 ) -> Result<Pipeline<Layout, Layout>, BuildError> {
+    pipeline_with_reference(meter, faults, drift_reference, None)
+}
+
+/// Like [`pipeline`], keeping the drift reference in `reference` (read at
+/// start if the file exists, else learned and written there).
+pub fn pipeline_with_reference(
+    meter: Option<Meter>,
+    faults: &Arc<Faults>,
+    drift_reference: usize,
+    reference: Option<std::path::PathBuf>,
+) -> Result<Pipeline<Layout, Layout>, BuildError> {
+    let mut drift = DriftSpec::new(drift_features(), |layout: &Layout| {
+        features(&layout.room).to_vec()
+    })
+    .reference_size(drift_reference)
+    .window_size(drift_reference);
+    if let Some(path) = reference {
+        drift = drift.persist_to(path);
+    }
     let mut builder = Pipeline::builder(PIPELINE_NAME)
         .stage(
             Stage::parallel(STAGE_LIGHTING)
@@ -52,13 +71,7 @@ pub fn pipeline(
                 .model(Faulty::new(SmokeDetectors, Arc::clone(faults)))
                 .timeout(MODEL_TIMEOUT),
         )
-        .drift(
-            DriftSpec::new(drift_features(), |layout: &Layout| {
-                features(&layout.room).to_vec()
-            })
-            .reference_size(drift_reference)
-            .window_size(drift_reference),
-        );
+        .drift(drift);
     if let Some(meter) = meter {
         builder = builder.meter(meter);
     }
