@@ -38,64 +38,45 @@ mod exporters {
         }
     }
 
+    /// Builds one signal's exporter the same way whatever its type: gRPC
+    /// or HTTP/protobuf to the target's endpoint, with the export timeout.
+    macro_rules! exporter {
+        ($exporter:ty, $signal:literal, $target:expr) => {{
+            let target: &OtlpTarget = $target;
+            let builder = <$exporter>::builder();
+            match target.protocol {
+                Protocol::Grpc => builder
+                    .with_tonic()
+                    .with_endpoint(&target.endpoint)
+                    .with_timeout(EXPORT_TIMEOUT)
+                    .build(),
+                Protocol::HttpProtobuf => builder
+                    .with_http()
+                    .with_endpoint(&target.endpoint)
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_timeout(EXPORT_TIMEOUT)
+                    .build(),
+            }
+            .map_err(failed($signal, target))
+        }};
+    }
+
     pub(super) fn span_exporter(
         target: &OtlpTarget,
     ) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
-        let builder = opentelemetry_otlp::SpanExporter::builder();
-        match target.protocol {
-            Protocol::Grpc => builder
-                .with_tonic()
-                .with_endpoint(&target.endpoint)
-                .with_timeout(EXPORT_TIMEOUT)
-                .build(),
-            Protocol::HttpProtobuf => builder
-                .with_http()
-                .with_endpoint(&target.endpoint)
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_timeout(EXPORT_TIMEOUT)
-                .build(),
-        }
-        .map_err(failed("traces", target))
+        exporter!(opentelemetry_otlp::SpanExporter, "traces", target)
     }
 
     pub(super) fn log_exporter(
         target: &OtlpTarget,
     ) -> Result<opentelemetry_otlp::LogExporter, TelemetryError> {
-        let builder = opentelemetry_otlp::LogExporter::builder();
-        match target.protocol {
-            Protocol::Grpc => builder
-                .with_tonic()
-                .with_endpoint(&target.endpoint)
-                .with_timeout(EXPORT_TIMEOUT)
-                .build(),
-            Protocol::HttpProtobuf => builder
-                .with_http()
-                .with_endpoint(&target.endpoint)
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_timeout(EXPORT_TIMEOUT)
-                .build(),
-        }
-        .map_err(failed("logs", target))
+        exporter!(opentelemetry_otlp::LogExporter, "logs", target)
     }
 
     pub(super) fn metric_exporter(
         target: &OtlpTarget,
     ) -> Result<opentelemetry_otlp::MetricExporter, TelemetryError> {
-        let builder = opentelemetry_otlp::MetricExporter::builder();
-        match target.protocol {
-            Protocol::Grpc => builder
-                .with_tonic()
-                .with_endpoint(&target.endpoint)
-                .with_timeout(EXPORT_TIMEOUT)
-                .build(),
-            Protocol::HttpProtobuf => builder
-                .with_http()
-                .with_endpoint(&target.endpoint)
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_timeout(EXPORT_TIMEOUT)
-                .build(),
-        }
-        .map_err(failed("metrics", target))
+        exporter!(opentelemetry_otlp::MetricExporter, "metrics", target)
     }
 
     /// The `otel.component.type` of an exporter.
