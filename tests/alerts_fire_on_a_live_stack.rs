@@ -129,17 +129,7 @@ fn prometheus_config(service: &str, prometheus: &str, alertmanager: &str) -> (Ya
             .as_sequence()
             .into_iter()
             .flatten()
-            .find(|j| {
-                j["static_configs"]
-                    .as_sequence()
-                    .into_iter()
-                    .flatten()
-                    .any(|sc| {
-                        yaml_strings(&sc["targets"])
-                            .iter()
-                            .any(|t| t.starts_with(&format!("{component}:")))
-                    })
-            })
+            .find(|j| scrapes(j, component))
             .cloned()
             .unwrap_or_else(|| panic!("prometheus.yml does not scrape {component}"));
         job["scrape_interval"] = Yaml::from("1s");

@@ -26,6 +26,12 @@
 //! Schema validation of every manifest (Kubernetes and Prometheus Operator
 //! CRD schemas) is `scripts/validate-kubernetes`.
 
+// The stack tests' file and compose helpers; the rest of `support` would
+// bring the demo along.
+#[allow(dead_code, unreachable_pub)]
+#[path = "support/stack.rs"]
+mod stack;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
@@ -35,6 +41,9 @@ use std::sync::OnceLock;
 use serde::Deserialize as _;
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
+use stack::{
+    assert_no_problems, command_args, compose, environment, read, repo, yaml_file, yaml_str,
+};
 
 /// The command that rewrites the generated files.
 const REGENERATE: &str =
@@ -58,19 +67,6 @@ const FOLDER_ANNOTATION: &str = "grafana_folder";
 /// The data source kube-prometheus-stack's Grafana provisions itself.
 const CHART_PROMETHEUS_UID: &str = "prometheus";
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn read(path: &Path) -> String {
-    fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-fn yaml_file(rel: &str) -> Yaml {
-    serde_yaml_ng::from_str(&read(&repo().join(rel)))
-        .unwrap_or_else(|e| panic!("{rel} is not YAML: {e}"))
-}
-
 /// Every non-empty document of a multi-document YAML stream.
 fn yaml_documents(text: &str) -> Result<Vec<Yaml>, String> {
     let mut docs = Vec::new();
@@ -84,7 +80,7 @@ fn yaml_documents(text: &str) -> Result<Vec<Yaml>, String> {
 }
 
 fn manifest_objects(rel: &str) -> Vec<Yaml> {
-    yaml_documents(&read(&repo().join(rel))).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    yaml_documents(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
 fn find<'a>(objects: &'a [Yaml], kind: &str, name: &str) -> &'a Yaml {
@@ -92,24 +88,6 @@ fn find<'a>(objects: &'a [Yaml], kind: &str, name: &str) -> &'a Yaml {
         .iter()
         .find(|o| o["kind"].as_str() == Some(kind) && o["metadata"]["name"].as_str() == Some(name))
         .unwrap_or_else(|| panic!("no {kind} {name:?}"))
-}
-
-fn str_of(value: &Yaml) -> Option<String> {
-    match value {
-        Yaml::String(s) => Some(s.clone()),
-        Yaml::Number(n) => Some(n.to_string()),
-        Yaml::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-fn assert_no_problems(what: &str, problems: &[String]) {
-    assert!(
-        problems.is_empty(),
-        "{what}: {} problem(s):\n  - {}",
-        problems.len(),
-        problems.join("\n  - ")
-    );
 }
 
 // ------------------------------------------------------------ the sources
@@ -164,7 +142,7 @@ fn sources(root: &Path, dir: &str, extensions: &[&str], recursive: bool) -> Vec<
                     .expect("file name")
                     .to_string_lossy()
                     .into_owned(),
-                text: read(&base.join(&inner)),
+                text: read(base.join(&inner)),
             })
         })
         .collect();
@@ -379,10 +357,10 @@ fn update_if_asked() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         if std::env::var("UPDATE_KUBERNETES").is_ok_and(|v| v == "1") {
-            write_atomically(GENERATED_RULES, &render_rules(&rule_sources(repo())));
+            write_atomically(GENERATED_RULES, &render_rules(&rule_sources(&repo())));
             write_atomically(
                 GENERATED_DASHBOARDS,
-                &render_dashboards(&dashboard_sources(repo()), &dashboard_folder(repo())),
+                &render_dashboards(&dashboard_sources(&repo()), &dashboard_folder(&repo())),
             );
             eprintln!("UPDATE_KUBERNETES=1: wrote {GENERATED_RULES} and {GENERATED_DASHBOARDS}");
         }
@@ -510,7 +488,7 @@ fn rule_problems(sources: &[Source], manifest: &str) -> Vec<String> {
         };
         let keys = |v: &Yaml| -> Vec<String> {
             v.as_mapping()
-                .map(|m| m.keys().filter_map(str_of).collect())
+                .map(|m| m.keys().filter_map(yaml_str).collect())
                 .unwrap_or_default()
         };
         if keys(&want) != ["groups"] {
@@ -575,7 +553,7 @@ fn dashboard_problems(sources: &[Source], manifest: &str) -> Vec<String> {
         }
         let key = dashboard_key(source);
         let data = object["data"].as_mapping().cloned().unwrap_or_default();
-        let keys: Vec<String> = data.keys().filter_map(str_of).collect();
+        let keys: Vec<String> = data.keys().filter_map(yaml_str).collect();
         if keys != [key.clone()] {
             problems.push(format!(
                 "ConfigMap {name}: data holds {keys:?}, not just {key:?}"
@@ -629,9 +607,9 @@ fn out_of_date(what: &str, problems: &[String]) -> String {
 #[test]
 fn the_prometheus_rules_hold_exactly_the_rule_files() {
     update_if_asked();
-    let sources = rule_sources(repo());
+    let sources = rule_sources(&repo());
     assert!(!sources.is_empty(), "no rule file under {RULES_DIR}/");
-    let problems = rule_problems(&sources, &read(&repo().join(GENERATED_RULES)));
+    let problems = rule_problems(&sources, &read(GENERATED_RULES));
     assert!(
         problems.is_empty(),
         "{}",
@@ -645,9 +623,9 @@ fn the_prometheus_rules_hold_exactly_the_rule_files() {
 #[test]
 fn the_dashboard_config_maps_hold_exactly_the_dashboards() {
     update_if_asked();
-    let sources = dashboard_sources(repo());
+    let sources = dashboard_sources(&repo());
     assert!(!sources.is_empty(), "no dashboard under {DASHBOARDS_DIR}/");
-    let problems = dashboard_problems(&sources, &read(&repo().join(GENERATED_DASHBOARDS)));
+    let problems = dashboard_problems(&sources, &read(GENERATED_DASHBOARDS));
     assert!(
         problems.is_empty(),
         "{}",
@@ -662,10 +640,10 @@ fn the_dashboard_config_maps_hold_exactly_the_dashboards() {
 fn the_generated_files_are_what_the_generator_writes() {
     update_if_asked();
     let expected = [
-        (GENERATED_RULES, render_rules(&rule_sources(repo()))),
+        (GENERATED_RULES, render_rules(&rule_sources(&repo()))),
         (
             GENERATED_DASHBOARDS,
-            render_dashboards(&dashboard_sources(repo()), &dashboard_folder(repo())),
+            render_dashboards(&dashboard_sources(&repo()), &dashboard_folder(&repo())),
         ),
     ];
     let stale: Vec<String> = expected
@@ -723,8 +701,8 @@ fn a_changed_added_or_removed_rule_or_dashboard_fails_the_checks() {
         .and_then(|g| g.get_mut("rules"))
         .and_then(|r| r.get_mut(0))
         .expect("the first rule file has a rule");
-    let rule_name = str_of(&rule["alert"])
-        .or_else(|| str_of(&rule["record"]))
+    let rule_name = yaml_str(&rule["alert"])
+        .or_else(|| yaml_str(&rule["record"]))
         .expect("alert or record");
     rule["expr"] = Yaml::String("vector(1)".to_owned());
     let path = root.join(&first.rel);
@@ -857,7 +835,7 @@ fn the_grafana_data_sources_are_composes_but_for_their_urls() {
         .as_sequence()
         .expect("compose data sources")
         .iter()
-        .map(|d| (str_of(&d["uid"]).expect("uid"), d))
+        .map(|d| (yaml_str(&d["uid"]).expect("uid"), d))
         .collect();
     let objects = manifest_objects(DATASOURCES);
     assert_eq!(objects.len(), 1, "{DATASOURCES}: one ConfigMap");
@@ -883,7 +861,7 @@ fn the_grafana_data_sources_are_composes_but_for_their_urls() {
         .as_sequence()
         .expect("datasources")
     {
-        let uid = str_of(&datasource["uid"]).unwrap_or_default();
+        let uid = yaml_str(&datasource["uid"]).unwrap_or_default();
         provided.insert(uid.clone());
         let Some(theirs) = compose.get(&uid) else {
             problems.push(format!(
@@ -924,7 +902,7 @@ fn the_grafana_data_sources_are_composes_but_for_their_urls() {
         }
     }
     let mut used = BTreeSet::new();
-    for dashboard in dashboard_sources(repo()) {
+    for dashboard in dashboard_sources(&repo()) {
         let json: Json = serde_json::from_str(&dashboard.text).expect("dashboard JSON");
         datasource_uids_in(&json, &mut used);
     }
@@ -987,39 +965,24 @@ fn compose_default(text: &str) -> String {
 }
 
 fn compose_service(name: &str) -> Yaml {
-    let compose = yaml_file("docker-compose.yml");
-    compose["services"][name].clone()
+    compose()["services"][name].clone()
 }
 
+/// The service's environment, `${VAR:-default}` values resolved to their
+/// defaults.
 fn compose_environment(service: &Yaml) -> BTreeMap<String, String> {
-    match &service["environment"] {
-        Yaml::Mapping(map) => map
-            .iter()
-            .map(|(k, v)| {
-                (
-                    str_of(k).expect("name"),
-                    compose_default(&str_of(v).unwrap_or_default()),
-                )
-            })
-            .collect(),
-        Yaml::Sequence(items) => items
-            .iter()
-            .filter_map(str_of)
-            .map(|item| {
-                let (k, v) = item.split_once('=').unwrap_or((&item, ""));
-                (k.to_owned(), compose_default(v))
-            })
-            .collect(),
-        _ => BTreeMap::new(),
-    }
+    environment(service)
+        .into_iter()
+        .map(|(k, v)| (k, compose_default(&v)))
+        .collect()
 }
 
+/// The service's command list, `${VAR:-default}` resolved to the defaults.
 fn compose_command(service: &Yaml) -> Vec<String> {
-    service["command"]
-        .as_sequence()
-        .expect("a command list")
+    assert!(service["command"].is_sequence(), "a command list");
+    command_args(service)
         .iter()
-        .map(|arg| compose_default(&str_of(arg).expect("a scalar")))
+        .map(|arg| compose_default(arg))
         .collect()
 }
 
@@ -1077,7 +1040,7 @@ fn container_env(container: &Yaml) -> BTreeMap<String, String> {
         .as_sequence()
         .into_iter()
         .flatten()
-        .filter_map(|e| Some((str_of(&e["name"])?, str_of(&e["value"])?)))
+        .filter_map(|e| Some((yaml_str(&e["name"])?, yaml_str(&e["value"])?)))
         .collect()
 }
 
@@ -1094,7 +1057,7 @@ fn service_port(service: &Yaml, name: &str) -> Option<(u64, String)> {
         .as_sequence()?
         .iter()
         .find(|p| p["name"].as_str() == Some(name))?;
-    Some((port["port"].as_u64()?, str_of(&port["targetPort"])?))
+    Some((port["port"].as_u64()?, yaml_str(&port["targetPort"])?))
 }
 
 fn labels_select(selector: &Yaml, labels: &Yaml) -> bool {
@@ -1158,7 +1121,7 @@ fn the_service_runs_what_compose_runs_with_its_environment() {
         .as_sequence()
         .into_iter()
         .flatten()
-        .filter_map(str_of)
+        .filter_map(yaml_str)
         .collect();
     if args != compose_command(&compose) {
         problems.push(format!(
@@ -1212,7 +1175,11 @@ fn the_service_runs_what_compose_runs_with_its_environment() {
     }
     let compose_health = compose["healthcheck"]["test"]
         .as_sequence()
-        .and_then(|t| t.iter().filter_map(str_of).find(|a| a.starts_with("http")))
+        .and_then(|t| {
+            t.iter()
+                .filter_map(yaml_str)
+                .find(|a| a.starts_with("http"))
+        })
         .and_then(|url| url.splitn(4, '/').nth(3).map(|p| format!("/{p}")))
         .expect("compose's healthcheck URL");
     for (probe, path) in [
@@ -1265,7 +1232,7 @@ fn the_service_runs_what_compose_runs_with_its_environment() {
                 .as_sequence()
                 .into_iter()
                 .flatten()
-                .filter_map(str_of)
+                .filter_map(yaml_str)
                 .find_map(|v| {
                     let mut parts = v.split(':');
                     let host = parts.next()?;
@@ -1273,7 +1240,7 @@ fn the_service_runs_what_compose_runs_with_its_environment() {
                 })
                 .expect("compose mounts the fault knobs directory");
             let theirs: Json =
-                serde_json::from_str(&read(&repo().join(compose_mount).join(file_name)))
+                serde_json::from_str(&read(Path::new(&compose_mount).join(file_name)))
                     .expect("the compose fault knobs file is JSON");
             if ours.as_ref() != Some(&theirs) {
                 problems.push(format!(
@@ -1287,9 +1254,9 @@ fn the_service_runs_what_compose_runs_with_its_environment() {
 }
 
 fn memory_matches(what: &str, compose: &Yaml, container: &Yaml, problems: &mut Vec<String>) {
-    let theirs = str_of(&compose["mem_limit"]).and_then(|m| compose_memory(&m));
+    let theirs = yaml_str(&compose["mem_limit"]).and_then(|m| compose_memory(&m));
     let ours =
-        str_of(&container["resources"]["limits"]["memory"]).and_then(|m| kubernetes_memory(&m));
+        yaml_str(&container["resources"]["limits"]["memory"]).and_then(|m| kubernetes_memory(&m));
     if theirs.is_none() || ours != theirs {
         problems.push(format!(
             "{what}: memory limit {:?}, compose's mem_limit {:?}",
@@ -1313,7 +1280,7 @@ fn the_load_generator_runs_what_compose_runs() {
         .as_sequence()
         .into_iter()
         .flatten()
-        .filter_map(str_of)
+        .filter_map(yaml_str)
         .collect();
     let theirs = compose_command(&compose);
     if args != theirs {
@@ -1387,7 +1354,7 @@ fn every_pod_is_hardened_and_bounded() {
                 }
                 for bound in ["requests", "limits"] {
                     for resource in ["cpu", "memory"] {
-                        if str_of(&c["resources"][bound][resource]).is_none() {
+                        if yaml_str(&c["resources"][bound][resource]).is_none() {
                             problems.push(format!("{at}: no resources.{bound}.{resource}"));
                         }
                     }
@@ -1447,7 +1414,7 @@ fn the_collector_receives_what_the_service_sends_and_forwards_it() {
             .as_sequence()
             .into_iter()
             .flatten()
-            .filter_map(str_of)
+            .filter_map(yaml_str)
             .collect();
         let forwards = exporters.iter().any(|e| {
             config["exporters"][e.as_str()]["endpoint"].as_str()

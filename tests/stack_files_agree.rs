@@ -41,16 +41,6 @@ use serde_yaml_ng::Value as Yaml;
 use support::service::metrics_after_a_mix;
 use support::stack::*;
 
-/// Fails with every problem at once, one per line.
-fn assert_no_problems(what: &str, problems: &[String]) {
-    assert!(
-        problems.is_empty(),
-        "{what}: {} problem(s):\n  - {}",
-        problems.len(),
-        problems.join("\n  - ")
-    );
-}
-
 // ------------------------------------------------------------------ compose
 
 #[test]

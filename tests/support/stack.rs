@@ -83,6 +83,16 @@ pub fn rel(path: &Path) -> String {
         .to_string()
 }
 
+/// Fails with every problem at once, one per line.
+pub fn assert_no_problems(what: &str, problems: &[String]) {
+    assert!(
+        problems.is_empty(),
+        "{what}: {} problem(s):\n  - {}",
+        problems.len(),
+        problems.join("\n  - ")
+    );
+}
+
 /// A YAML scalar as a string (numbers and booleans too).
 pub fn yaml_str(v: &Yaml) -> Option<String> {
     match v {
@@ -95,6 +105,11 @@ pub fn yaml_str(v: &Yaml) -> Option<String> {
 
 /// Whether a Prometheus scrape job targets the pipelens compose service.
 pub fn scrapes_pipelens(job: &Yaml) -> bool {
+    scrapes(job, "pipelens")
+}
+
+/// Whether a Prometheus scrape job targets the compose service `host`.
+pub fn scrapes(job: &Yaml, host: &str) -> bool {
     job["static_configs"]
         .as_sequence()
         .into_iter()
@@ -102,7 +117,7 @@ pub fn scrapes_pipelens(job: &Yaml) -> bool {
         .any(|sc| {
             yaml_strings(&sc["targets"])
                 .iter()
-                .any(|t| t.starts_with("pipelens:"))
+                .any(|t| t.starts_with(&format!("{host}:")))
         })
 }
 
