@@ -46,6 +46,43 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
+/// The `--input` of a command: a file, or stdin for `-`.
+pub(crate) struct Input {
+    /// Its contents, buffered.
+    pub(crate) reader: Box<dyn BufRead + Send>,
+    /// Its size in bytes, when it is a file.
+    pub(crate) total: Option<u64>,
+    /// Bytes read from it so far.
+    pub(crate) read: Arc<AtomicU64>,
+}
+
+/// Opens `--input` (`-` for stdin), counting the bytes read; an error
+/// names the flag and the file.
+pub(crate) fn open_input(input: &Path) -> anyhow::Result<Input> {
+    let read = Arc::new(AtomicU64::new(0));
+    let (reader, total): (Box<dyn BufRead + Send>, Option<u64>) = if input == Path::new("-") {
+        let stdin = Counting {
+            inner: std::io::stdin(),
+            read: Arc::clone(&read),
+        };
+        (Box::new(BufReader::new(stdin)), None)
+    } else {
+        let file = std::fs::File::open(input)
+            .with_context(|| format!("cannot read --input {}", input.display()))?;
+        let total = file.metadata().ok().map(|m| m.len());
+        let file = Counting {
+            inner: file,
+            read: Arc::clone(&read),
+        };
+        (Box::new(BufReader::with_capacity(64 * 1024, file)), total)
+    };
+    Ok(Input {
+        reader,
+        total,
+        read,
+    })
+}
+
 /// Runs every input of `args.input` through `pipeline`, decoding each JSON
 /// value with `decode`.
 pub(crate) async fn run<In, Out>(
@@ -57,23 +94,11 @@ where
     In: Send + Sync + 'static,
     Out: Serialize + Send + Sync + 'static,
 {
-    let read = Arc::new(AtomicU64::new(0));
-    let (reader, total): (Box<dyn BufRead + Send>, Option<u64>) = if args.input == Path::new("-") {
-        let stdin = Counting {
-            inner: std::io::stdin(),
-            read: Arc::clone(&read),
-        };
-        (Box::new(BufReader::new(stdin)), None)
-    } else {
-        let file = std::fs::File::open(&args.input)
-            .with_context(|| format!("cannot read --input {}", args.input.display()))?;
-        let total = file.metadata().ok().map(|m| m.len());
-        let file = Counting {
-            inner: file,
-            read: Arc::clone(&read),
-        };
-        (Box::new(BufReader::with_capacity(64 * 1024, file)), total)
-    };
+    let Input {
+        reader,
+        total,
+        read,
+    } = open_input(&args.input)?;
     let mut out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path)

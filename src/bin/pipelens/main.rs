@@ -272,16 +272,20 @@ async fn serve(
     let telemetry = telemetry::init(&config).context("cannot initialise telemetry")?;
     let faults = Arc::new(Faults::from_env()?);
     faults.watch(Duration::from_secs(1));
-    if let Some(path) = &drift_reference {
-        if path.exists() {
+    // Read once, here, so a broken file stops start-up naming the flag; a
+    // missing one is learned and saved there.
+    let stored = match &drift_reference {
+        Some(path) if path.exists() => Some(
             pipelens::drift::Profile::read(path)
-                .with_context(|| format!("--drift-reference {}", path.display()))?;
-        }
-    }
+                .with_context(|| format!("--drift-reference {}", path.display()))?,
+        ),
+        _ => None,
+    };
     let pipeline = planner::pipeline_with_reference(
         Some(telemetry.meter()),
         &faults,
         planner::DRIFT_WINDOW,
+        stored,
         drift_reference,
     )?;
     let server = Server::builder()
@@ -351,14 +355,7 @@ async fn profile(
     out: &std::path::Path,
     bins: usize,
 ) -> anyhow::Result<()> {
-    let reader: Box<dyn std::io::BufRead + Send> = if input == std::path::Path::new("-") {
-        Box::new(std::io::BufReader::new(std::io::stdin()))
-    } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(input)
-                .with_context(|| format!("cannot read --input {}", input.display()))?,
-        ))
-    };
+    let reader = batch::open_input(input)?.reader;
     let mut items = pipelens::batch::read_json(reader, planner::room_from_value);
     let mut samples = Vec::new();
     let mut skipped = 0u64;

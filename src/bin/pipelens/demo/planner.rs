@@ -38,23 +38,26 @@ pub fn pipeline(
     faults: &Arc<Faults>,
     drift_reference: usize,
 ) -> Result<Pipeline<Layout, Layout>, BuildError> {
-    pipeline_with_reference(meter, faults, drift_reference, None)
+    pipeline_with_reference(meter, faults, drift_reference, None, None)
 }
 
-/// Like [`pipeline`], keeping the drift reference in `reference` (read at
-/// start if the file exists, else learned and written there).
+/// Like [`pipeline`], comparing drift with `stored` (a profile already read)
+/// if given, else learning the reference and saving it to `save_to`.
 pub fn pipeline_with_reference(
     meter: Option<Meter>,
     faults: &Arc<Faults>,
     drift_reference: usize,
-    reference: Option<std::path::PathBuf>,
+    stored: Option<pipelens::drift::Profile>,
+    save_to: Option<std::path::PathBuf>,
 ) -> Result<Pipeline<Layout, Layout>, BuildError> {
     let mut drift = DriftSpec::new(drift_features(), |layout: &Layout| {
         features(&layout.room).to_vec()
     })
     .reference_size(drift_reference)
     .window_size(drift_reference);
-    if let Some(path) = reference {
+    if let Some(profile) = stored {
+        drift = drift.reference(profile);
+    } else if let Some(path) = save_to {
         drift = drift.persist_to(path);
     }
     let mut builder = Pipeline::builder(PIPELINE_NAME)
