@@ -9,11 +9,15 @@
 //! Listens on `PIPELENS_ADDR` (default `127.0.0.1:8000`); telemetry from the
 //! usual `OTEL_*` variables, as for `pipelens serve`.
 
-// The pipeline module is `pub` for the tests that include it by path.
+// The pipeline lives in the `pipelens` binary's demo (`pipelens serve`
+// serves it beside the ceiling-layout planner); its items are `pub` for the
+// modules that include it by path, and the review pool is the load
+// generator's alone.
 #![allow(unreachable_pub)]
 
-#[path = "sentiment/pipeline.rs"]
-mod pipeline;
+#[allow(dead_code)]
+#[path = "../src/bin/pipelens/demo/sentiment/mod.rs"]
+mod sentiment;
 
 use std::net::SocketAddr;
 
@@ -29,11 +33,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => SocketAddr::from(([127, 0, 0, 1], 8000)),
     };
     let telemetry = telemetry::init(&TelemetryConfig::from_env()?)?;
-    let scorer = pipeline::start_scorer().await?;
-    let sentiment = pipeline::pipeline(telemetry.meter(), scorer)?;
+    let scorer = sentiment::start_scorer().await?;
+    let pipeline = sentiment::pipeline(telemetry.meter(), scorer)?;
     let server = Server::builder()
         .telemetry(&telemetry)
-        .pipeline(pipeline::served(sentiment))
+        .pipeline(sentiment::served(pipeline))
         .build()?;
     server::run(server, addr, telemetry).await?;
     Ok(())

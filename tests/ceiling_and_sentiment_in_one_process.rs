@@ -6,14 +6,12 @@
 #[allow(dead_code, unreachable_pub)]
 #[path = "../src/bin/pipelens/demo/mod.rs"]
 mod demo;
-#[allow(dead_code, unreachable_pub)]
-#[path = "../examples/sentiment/pipeline.rs"]
-mod sentiment;
 mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use demo::sentiment;
 use hyper::{Method, StatusCode};
 use pipelens::faults::Faults;
 use pipelens::server::Server;

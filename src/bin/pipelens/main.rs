@@ -1,7 +1,8 @@
-//! The `pipelens` command line: `serve` the ceiling-layout pipeline over
-//! HTTP, `run` a batch of rooms, drive a service with `loadgen`,
-//! `healthcheck` a service (for container health checks without a shell), and
-//! `slo generate` Prometheus rules and their tests from an SLO spec.
+//! The `pipelens` command line: `serve` the ceiling-layout and sentiment
+//! pipelines over HTTP, `run` a batch of rooms, drive a service with
+//! `loadgen`, `healthcheck` a service (for container health checks without a
+//! shell), and `slo generate` Prometheus rules and their tests from an SLO
+//! spec.
 //!
 //! The demo lives in [`demo`]: a user of the library's public API like any
 //! other.
@@ -23,6 +24,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use demo::loadgen::{self, LoadgenConfig};
+use demo::sentiment::{self, Candidate};
 use demo::{ceiling, planner};
 use pipelens::faults::Faults;
 use pipelens::server::{self, Concurrency, Server};
@@ -32,7 +34,7 @@ use pipelens::telemetry::{self, TelemetryConfig};
 #[command(
     name = "pipelens",
     version,
-    about = "Observable ML pipelines: the ceiling-layout planner as a service"
+    about = "Observable ML pipelines: ceiling layouts and sentiment analysis as a service"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,7 +43,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the pipeline over HTTP with /health, /ready and /metrics.
+    /// Serve the ceiling-layout and sentiment pipelines over HTTP with
+    /// /health, /ready and /metrics.
     Serve {
         /// Address to listen on.
         #[arg(long, env = "PIPELENS_ADDR", default_value = "0.0.0.0:8000")]
@@ -102,7 +105,8 @@ enum Command {
         #[arg(long)]
         batch_id: Option<String>,
     },
-    /// Drive a running service with a realistic mix of rooms.
+    /// Drive a running service with a realistic mix of rooms and reviews,
+    /// sending reviews' true labels back as delayed feedback.
     Loadgen {
         /// Base URL of the service.
         #[arg(long, default_value = "http://127.0.0.1:8000")]
@@ -126,6 +130,28 @@ enum Command {
         /// input drift, for the FeatureDrift alert).
         #[arg(long, value_enum, default_value_t = MixArg::Realistic)]
         mix: MixArg,
+        /// Share of good requests sent to the sentiment pipeline (a review
+        /// from a labelled pool) instead of a room, in [0, 1]; 0 sends rooms
+        /// only, as does a target that does not serve sentiment.
+        #[arg(long, default_value_t = 0.25, value_parser = ratio)]
+        sentiment_share: f64,
+        /// Share of successful sentiment runs whose true label is sent back
+        /// as feedback, in [0, 1].
+        #[arg(long, default_value_t = 0.5, value_parser = ratio)]
+        feedback_share: f64,
+        /// Seconds between a sentiment run's answer and its feedback
+        /// (delayed ground truth); may be fractional.
+        #[arg(long, default_value_t = 10.0, value_parser = delay_secs)]
+        feedback_delay_secs: f64,
+        /// Make this sentiment model's measured accuracy drop: a share of
+        /// reviews is drawn from those it alone misreads (labels stay
+        /// true). One of lexicon, naive_bayes, remote_logistic.
+        #[arg(long, value_name = "NAME", value_parser = degrade_model)]
+        degrade_model: Option<Candidate>,
+        /// Share of sentiment reviews drawn from those --degrade-model
+        /// misreads, in [0, 1].
+        #[arg(long, default_value_t = 0.5, value_parser = ratio)]
+        degrade_share: f64,
     },
     /// Service level objectives: rules, alerts and tests from one spec.
     Slo {
@@ -228,6 +254,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             concurrency,
             seed,
             mix,
+            sentiment_share,
+            feedback_share,
+            feedback_delay_secs,
+            degrade_model,
+            degrade_share,
         } => {
             let config = LoadgenConfig {
                 target,
@@ -240,6 +271,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     MixArg::Realistic => loadgen::Mix::Realistic,
                     MixArg::Halls => loadgen::Mix::Halls,
                 },
+                sentiment_share,
+                feedback_share,
+                feedback_delay_secs,
+                degrade: degrade_model,
+                degrade_share,
             };
             let _telemetry = telemetry::init(&TelemetryConfig::from_env()?)?;
             let summary = loadgen::run(config, server::shutdown_signal()).await?;
@@ -250,6 +286,25 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Profile { input, out, bins } => profile(&input, &out, bins as usize).await,
         Command::Healthcheck { url } => healthcheck(&url).await,
     }
+}
+
+/// Parses `--feedback-delay-secs`: a finite number of seconds, 0 or more.
+fn delay_secs(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(s) if (0.0..=loadgen::MAX_FEEDBACK_DELAY_SECS).contains(&s) => Ok(s),
+        _ => Err(format!(
+            "expected seconds between 0 and {}, got {value:?}",
+            loadgen::MAX_FEEDBACK_DELAY_SECS
+        )),
+    }
+}
+
+/// Parses `--degrade-model`: one of the sentiment pipeline's candidates.
+fn degrade_model(value: &str) -> Result<Candidate, String> {
+    Candidate::from_name(value).ok_or_else(|| {
+        let names: Vec<&str> = Candidate::ALL.iter().map(|c| c.name()).collect();
+        format!("expected one of {}, got {value:?}", names.join(", "))
+    })
 }
 
 /// Parses `--shutdown-grace-secs`: a finite number of seconds, 0 or more.
@@ -288,9 +343,16 @@ async fn serve(
         stored,
         drift_reference,
     )?;
+    // The sentiment pipeline's remote candidate calls a scoring endpoint,
+    // started here on a loopback port.
+    let scorer = sentiment::start_scorer()
+        .await
+        .context("cannot start the sentiment scoring endpoint")?;
+    let reviews = sentiment::pipeline(telemetry.meter(), scorer)?;
     let server = Server::builder()
         .telemetry(&telemetry)
         .pipeline(planner::served(pipeline))
+        .pipeline(sentiment::served(reviews))
         .concurrency(concurrency)
         .shutdown_grace(grace)
         .build()?;
@@ -298,6 +360,7 @@ async fn serve(
         max_concurrent_runs = concurrency.limit,
         run_queue = concurrency.queue,
         shutdown_grace_s = grace.as_secs_f64(),
+        pipelines = ?[planner::PIPELINE_NAME, sentiment::NAME],
         traces_exported = config.traces.is_some(),
         logs_exported = config.logs.is_some(),
         faults = ?faults.snapshot(),
@@ -308,7 +371,8 @@ async fn serve(
         .with_context(|| format!("cannot serve on --addr {addr}"))
 }
 
-/// Parses `--max-failure-ratio`: a share in [0, 1].
+/// Parses `--max-failure-ratio` and the load generator's shares: a share in
+/// [0, 1].
 fn ratio(value: &str) -> Result<f64, String> {
     match value.parse::<f64>() {
         Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
@@ -408,4 +472,105 @@ async fn healthcheck(url: &str) -> anyhow::Result<()> {
         bail!("{url} answered {}", response.status());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loadgen_args(args: &[&str]) -> Result<Command, clap::Error> {
+        let argv = ["pipelens", "loadgen"].iter().chain(args);
+        Cli::try_parse_from(argv).map(|cli| cli.command)
+    }
+
+    #[test]
+    fn loadgen_sentiment_flags_have_their_defaults() {
+        let Ok(Command::Loadgen {
+            sentiment_share,
+            feedback_share,
+            feedback_delay_secs,
+            degrade_model,
+            degrade_share,
+            ..
+        }) = loadgen_args(&[])
+        else {
+            panic!("loadgen without flags must parse");
+        };
+        assert_eq!(
+            (
+                sentiment_share,
+                feedback_share,
+                feedback_delay_secs,
+                degrade_share
+            ),
+            (0.25, 0.5, 10.0, 0.5)
+        );
+        assert_eq!(degrade_model, None);
+    }
+
+    #[test]
+    fn loadgen_sentiment_flags_parse() {
+        let Ok(Command::Loadgen {
+            sentiment_share,
+            feedback_share,
+            feedback_delay_secs,
+            degrade_model,
+            degrade_share,
+            ..
+        }) = loadgen_args(&[
+            "--sentiment-share",
+            "1",
+            "--feedback-share",
+            "0",
+            "--feedback-delay-secs",
+            "0.25",
+            "--degrade-model",
+            "naive_bayes",
+            "--degrade-share",
+            "0.8",
+        ])
+        else {
+            panic!("valid flags must parse");
+        };
+        assert_eq!(
+            (
+                sentiment_share,
+                feedback_share,
+                feedback_delay_secs,
+                degrade_share
+            ),
+            (1.0, 0.0, 0.25, 0.8)
+        );
+        assert_eq!(degrade_model, Some(Candidate::NaiveBayes));
+        for name in ["lexicon", "naive_bayes", "remote_logistic"] {
+            assert!(loadgen_args(&["--degrade-model", name]).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn bad_loadgen_sentiment_flags_are_named() {
+        let error = |args: &[&str]| match loadgen_args(args) {
+            Ok(_) => panic!("{args:?} must be refused"),
+            Err(e) => e.to_string(),
+        };
+        let message = error(&["--degrade-model", "bert"]);
+        assert!(message.contains("--degrade-model"), "{message}");
+        assert!(
+            message.contains("lexicon, naive_bayes, remote_logistic"),
+            "{message}"
+        );
+        for (flag, value) in [
+            ("--sentiment-share", "1.5"),
+            ("--sentiment-share", "-0.1"),
+            ("--feedback-share", "2"),
+            ("--feedback-share", "NaN"),
+            ("--degrade-share", "-1"),
+            ("--feedback-delay-secs", "-1"),
+            ("--feedback-delay-secs", "inf"),
+            ("--feedback-delay-secs", "soon"),
+        ] {
+            let message = error(&[&format!("{flag}={value}")]);
+            assert!(message.contains(flag), "{flag} {value}: {message}");
+        }
+    }
 }

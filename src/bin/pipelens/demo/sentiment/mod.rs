@@ -7,6 +7,10 @@
 //! The remote candidate shows how a model's outbound HTTP call carries the
 //! run's trace: it adds `pipelens::telemetry::trace_headers()` to its
 //! request, and the scoring endpoint continues the trace from them.
+//!
+//! `pipelens serve` serves it beside the ceiling-layout planner, and
+//! `cargo run --example sentiment` alone; [`reviews`] is the load
+//! generator's pool of reviews labelled by construction.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,8 +33,8 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-#[path = "classify.rs"]
 pub mod classify;
+pub mod reviews;
 
 use classify::{Lexicon, NaiveBayes, Scored, Tokens};
 
@@ -109,12 +113,63 @@ pub fn served(pipeline: Pipeline<Request, Sentiment>) -> Served<Request, Sentime
     })
 }
 
+/// The `classify` stage's candidates, by the `model_name` they report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Candidate {
+    /// `lexicon`: the valence lexicon.
+    Lexicon,
+    /// `naive_bayes`: the naive Bayes model.
+    NaiveBayes,
+    /// `remote_logistic`: the logistic model behind the scoring endpoint.
+    RemoteLogistic,
+}
+
+impl Candidate {
+    /// Every candidate, in the stage's order.
+    pub const ALL: [Candidate; 3] = [
+        Candidate::Lexicon,
+        Candidate::NaiveBayes,
+        Candidate::RemoteLogistic,
+    ];
+
+    /// The model's name: its `model_name` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Candidate::Lexicon => "lexicon",
+            Candidate::NaiveBayes => "naive_bayes",
+            Candidate::RemoteLogistic => "remote_logistic",
+        }
+    }
+
+    /// The candidate named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// The label this candidate gives `tokens`, computed in-process (the
+    /// remote candidate's model is the one its scoring endpoint runs).
+    pub fn classify(self, tokens: &Tokens) -> classify::Label {
+        static LEXICON: OnceLock<Lexicon> = OnceLock::new();
+        static BAYES: OnceLock<NaiveBayes> = OnceLock::new();
+        match self {
+            Candidate::Lexicon => LEXICON.get_or_init(Lexicon::new).classify(tokens).label,
+            Candidate::NaiveBayes => {
+                BAYES
+                    .get_or_init(NaiveBayes::trained_default)
+                    .classify(tokens)
+                    .label
+            }
+            Candidate::RemoteLogistic => classify::logistic_score(tokens).label,
+        }
+    }
+}
+
 /// A valence lexicon with negation and intensifiers.
 struct LexiconModel(Lexicon);
 
 impl Model<Tokens, Scored> for LexiconModel {
     fn name(&self) -> &str {
-        "lexicon"
+        Candidate::Lexicon.name()
     }
     fn version(&self) -> &str {
         "1.0.0"
@@ -130,7 +185,7 @@ struct BayesModel(OnceLock<NaiveBayes>);
 
 impl Model<Tokens, Scored> for BayesModel {
     fn name(&self) -> &str {
-        "naive_bayes"
+        Candidate::NaiveBayes.name()
     }
     fn version(&self) -> &str {
         "1.0.0"
@@ -201,7 +256,7 @@ impl RemoteScorer {
 
 impl AsyncModel<Tokens, Scored> for RemoteScorer {
     fn name(&self) -> &str {
-        "remote_logistic"
+        Candidate::RemoteLogistic.name()
     }
     fn version(&self) -> &str {
         "1.0.0"

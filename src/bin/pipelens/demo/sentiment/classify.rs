@@ -1,4 +1,4 @@
-//! The sentiment example's models, in plain Rust with no ML framework: a
+//! The sentiment pipeline's models, in plain Rust with no ML framework: a
 //! tokenizer, a valence lexicon with negation and intensifiers, a
 //! multinomial naive Bayes classifier and a softmax (multinomial logistic)
 //! regression, both trained on a small built-in corpus of product reviews.
