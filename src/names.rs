@@ -41,6 +41,15 @@ pub const PROM_MODEL_ERRORS: &str = "ml_model_errors_total";
 pub const MODEL_LOADED: &str = "ml_model_loaded";
 /// OTel (and Prometheus) name of the feature drift gauge.
 pub const FEATURE_DRIFT_PSI: &str = "ml_feature_drift_psi";
+/// OTel (and Prometheus) name of the prediction drift gauge (labels
+/// `pipeline, stage, signal`).
+pub const PREDICTION_DRIFT_PSI: &str = "ml_prediction_drift_psi";
+/// Label: what a prediction drift figure is about.
+pub const SIGNAL: &str = "signal";
+/// Signal value: the selected output's confidence.
+pub const SIGNAL_CONFIDENCE: &str = "confidence";
+/// Signal value: which candidate was selected.
+pub const SIGNAL_SELECTED_MODEL: &str = "selected_model";
 /// OTel name of the counter of feature samples the drift thread had no room
 /// for (label `pipeline`).
 pub const FEATURE_DRIFT_SAMPLES_DROPPED: &str = "ml_feature_drift_samples_dropped";

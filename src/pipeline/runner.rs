@@ -152,6 +152,20 @@ where
                 .runs
                 .bind(&[pipeline_kv.clone(), KeyValue::new(names::OUTCOME, o)])
         });
+        let parallel: Vec<(String, usize)> = stages
+            .iter()
+            .filter(|s| s.kind == StageKind::Parallel)
+            .map(|s| (s.name.clone(), s.models.len()))
+            .collect();
+        let predictions = match &self.drift {
+            Some(spec) if !parallel.is_empty() => Some(crate::drift::prediction_monitor(
+                &meter,
+                &self.name,
+                &parallel,
+                spec.sizes(),
+            )),
+            _ => None,
+        };
         let drift = self
             .drift
             .map(|spec| DriftMonitor::from_spec(&meter, &self.name, spec));
@@ -167,6 +181,7 @@ where
                 runs,
                 run_duration,
                 drift,
+                predictions,
                 judged,
                 memory,
             }),
@@ -196,6 +211,8 @@ struct Inner<In, Out> {
     runs: [BoundCounter<u64>; 2],
     run_duration: BoundHistogram<f64>,
     drift: Option<DriftMonitor<In>>,
+    /// Prediction drift of the parallel stages, when drift is watched.
+    predictions: Option<DriftMonitor<()>>,
     judged: Vec<JudgedStage>,
     /// Runs awaiting ground truth, when a stage is judged.
     memory: Option<Memory>,
@@ -419,6 +436,9 @@ where
                 span.record("pipeline.outcome", names::OUTCOME_SUCCESS);
                 // The one INFO line of a successful run: what won each
                 // parallel stage; per-model lines are DEBUG.
+                if let Some(predictions) = &inner.predictions {
+                    predictions.observe(prediction_values(&stages));
+                }
                 if let Some(memory) = &inner.memory {
                     if let Some(id) = super::feedback::parse_run_id(&run_id) {
                         memory.remember(id, &inner.judged, &stages);
@@ -534,6 +554,25 @@ fn failures_of(report: &StageReport) -> Vec<ModelFailure> {
             message: m.error.clone().unwrap_or_default(),
         })
         .collect()
+}
+
+/// Per parallel stage, the selected output's confidence and the selected
+/// candidate's index: the samples of prediction drift.
+fn prediction_values(stages: &[StageReport]) -> Vec<f64> {
+    let mut values = Vec::new();
+    for stage in stages.iter().filter(|s| s.kind == StageKind::Parallel) {
+        let selected = stage.selected_model.as_deref().and_then(|name| {
+            stage
+                .models
+                .iter()
+                .position(|m| m.model_name == name)
+                .map(|i| (i, stage.models[i].confidence.unwrap_or(0.0)))
+        });
+        let (index, confidence) = selected.unwrap_or((0, 0.0));
+        values.push(confidence);
+        values.push(index as f64);
+    }
+    values
 }
 
 /// The W3C trace id of `span`'s OTel context, if the OTel layer is installed

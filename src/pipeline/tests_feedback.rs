@@ -292,3 +292,83 @@ async fn runs_are_forgotten_past_retention_or_capacity() {
     ));
     assert!(pipeline.feedback(&last, None, Answer::Value(100.0)).is_ok());
 }
+
+/// Answers its input with confidence equal to the input (`eager`) or a
+/// steady 0.5 (`steady`).
+struct Echo(&'static str);
+
+impl Model<f64, f64> for Echo {
+    fn name(&self) -> &str {
+        self.0
+    }
+    fn version(&self) -> &str {
+        "1"
+    }
+    fn run(&self, x: &f64) -> Result<Prediction<f64>, ModelError> {
+        let confidence = if self.0 == "eager" { *x } else { 0.5 };
+        Ok(Prediction::new(*x, confidence))
+    }
+}
+
+#[tokio::test]
+async fn prediction_drift_follows_the_selected_confidence_and_model() {
+    let (registry, provider) =
+        metrics_provider(opentelemetry_sdk::Resource::builder_empty().build()).unwrap();
+    let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "test");
+    let pipeline = Pipeline::builder("echo")
+        .meter(meter)
+        .execution(Execution::Inline)
+        .stage(
+            Stage::parallel("pick")
+                .model(Echo("eager"))
+                .model(Echo("steady")),
+        )
+        .drift(
+            crate::DriftSpec::new(
+                vec![crate::Feature {
+                    name: "x",
+                    edges: vec![0.5],
+                }],
+                |x: &f64| vec![*x],
+            )
+            .reference_size(20)
+            .window_size(20)
+            .publish_every(Duration::from_millis(10)),
+        )
+        .build()
+        .unwrap();
+    let psi = |signal: &str| -> Option<f64> {
+        crate::telemetry::encode_metrics(&registry)
+            .lines()
+            .find(|l| {
+                l.starts_with("ml_prediction_drift_psi{")
+                    && l.contains("stage=\"pick\"")
+                    && l.contains(&format!("signal=\"{signal}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    // Reference: `eager` wins at 0.9. Live, as long as it still does, no drift.
+    for _ in 0..30 {
+        pipeline.run(0.9).await.unwrap();
+    }
+    let settle = || tokio::time::sleep(Duration::from_millis(200));
+    settle().await;
+    assert_eq!(psi("confidence"), Some(0.0));
+    assert_eq!(psi("selected_model"), Some(0.0));
+    // Then `steady` wins at 0.5: both distributions moved.
+    for _ in 0..20 {
+        pipeline.run(0.2).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while psi("selected_model").unwrap_or(0.0) < 0.2 && std::time::Instant::now() < deadline {
+        settle().await;
+    }
+    // Every live sample sits in a bin that was empty in the reference:
+    // ln(1 / 0.0001) = 9.21 for the move out of the old bin and into the new.
+    let moved = 2.0 * (1.0 - 1e-4) * (1.0f64 / 1e-4).ln();
+    for signal in ["confidence", "selected_model"] {
+        let value = psi(signal).unwrap();
+        assert!((value - moved).abs() < 1e-6, "{signal}: {value} vs {moved}");
+    }
+    drop(provider);
+}
