@@ -435,6 +435,7 @@ mod tests {
         for _ in 0..2 {
             s.record_run::<(), &str>(&Ok(RunReport {
                 pipeline: "p".into(),
+                run_id: "1".repeat(32),
                 trace_id: None,
                 duration: Duration::from_millis(2),
                 stages: vec![],

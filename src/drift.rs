@@ -436,16 +436,28 @@ impl<In> DriftMonitor<In> {
                 "Population stability index of the feature: live window vs reference window",
             )
             .build();
-        let labels: Vec<[KeyValue; 2]> = spec
+        let labels: Vec<Vec<KeyValue>> = spec
             .features
             .iter()
             .map(|f| {
-                [
+                vec![
                     KeyValue::new(names::PIPELINE, pipeline.to_owned()),
                     KeyValue::new(names::FEATURE, f.name),
                 ]
             })
             .collect();
+        Self::start(meter, pipeline, spec, gauge, labels)
+    }
+
+    /// Starts the thread that folds samples of `spec`'s features in and
+    /// records each one's PSI on `gauge` with its `labels`.
+    fn start(
+        meter: &Meter,
+        pipeline: &str,
+        spec: DriftSpec<In>,
+        gauge: Gauge<f64>,
+        labels: Vec<Vec<KeyValue>>,
+    ) -> Self {
         let stored = match (&spec.reference, &spec.persist_to) {
             (Some(profile), _) => Some(profile.clone()),
             (None, Some(path)) if path.exists() => match Profile::read(path) {
@@ -505,6 +517,63 @@ impl<In> DriftMonitor<In> {
     }
 }
 
+/// Prediction drift of a pipeline's parallel stages: per stage, the
+/// distribution of the selected output's confidence (bins 0.1 wide) and of
+/// which candidate was selected (one bin per candidate), live window vs
+/// the first runs, as `ml_prediction_drift_psi{pipeline, stage, signal}`
+/// (`signal` = `confidence` | `selected_model`). Same thread and bounded
+/// queue as input drift; fed by the runner with [`DriftMonitor::observe`]:
+/// per stage, the selected confidence then the selected candidate's index.
+pub(crate) fn prediction_monitor(
+    meter: &Meter,
+    pipeline: &str,
+    stages: &[(String, usize)],
+    sizes: (usize, usize, Duration),
+) -> DriftMonitor<()> {
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    for (stage, candidates) in stages {
+        // Feature names only label the window's bins here; the gauge's
+        // labels are the stage and signal. Leaked once per pipeline build.
+        let name: &'static str = Box::leak(stage.clone().into_boxed_str());
+        features.push(Feature {
+            name,
+            edges: (1..10).map(|i| f64::from(i) / 10.0).collect(),
+        });
+        features.push(Feature {
+            name,
+            edges: (1..*candidates).map(|i| i as f64 - 0.5).collect(),
+        });
+        for signal in [names::SIGNAL_CONFIDENCE, names::SIGNAL_SELECTED_MODEL] {
+            labels.push(vec![
+                KeyValue::new(names::PIPELINE, pipeline.to_owned()),
+                KeyValue::new(names::STAGE, stage.clone()),
+                KeyValue::new(names::SIGNAL, signal),
+            ]);
+        }
+    }
+    let gauge = meter
+        .f64_gauge(names::PREDICTION_DRIFT_PSI)
+        .with_description(
+            "Population stability index of a parallel stage's selected confidence or selected model: live window vs the first runs",
+        )
+        .build();
+    let (reference_size, window_size, every) = sizes;
+    let spec = DriftSpec::new(features, |_: &()| Vec::new())
+        .reference_size(reference_size)
+        .window_size(window_size)
+        .publish_every(every);
+    DriftMonitor::start(meter, pipeline, spec, gauge, labels)
+}
+
+impl<In> DriftSpec<In> {
+    /// How many first samples form the reference, how many latest ones the
+    /// live window, and how often the PSI is published.
+    pub(crate) fn sizes(&self) -> (usize, usize, Duration) {
+        (self.reference_size, self.window_size, self.publish_every)
+    }
+}
+
 /// The drift thread: folds samples in, publishes the PSI every `every`,
 /// answers flushes, and ends when its monitor is dropped.
 fn fold(
@@ -512,7 +581,7 @@ fn fold(
     queue: &std::sync::mpsc::Receiver<Message>,
     every: Duration,
     gauge: &Gauge<f64>,
-    labels: &[[KeyValue; 2]],
+    labels: &[Vec<KeyValue>],
     mut persist: Option<std::path::PathBuf>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;

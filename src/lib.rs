@@ -84,7 +84,8 @@ pub mod telemetry;
 
 pub use drift::{DriftSpec, Feature};
 pub use pipeline::{
-    AsyncModel, BuildError, Component, Execution, LoadError, Model, ModelError, ModelInfo,
-    ModelKind, ModelReport, Outcome, Parallel, Pipeline, PipelineBuilder, Prediction, RunError,
-    RunReport, SelectionPolicy, Sequential, Stage, StageInfo, StageKind, StageReport,
+    Answer, AsyncModel, BuildError, Component, Execution, FeedbackError, FeedbackReport, Judge,
+    LoadError, Model, ModelError, ModelInfo, ModelKind, ModelReport, Outcome, Parallel, Pipeline,
+    PipelineBuilder, Prediction, RunError, RunReport, SelectionPolicy, Sequential, Stage,
+    StageInfo, StageKind, StageReport,
 };

@@ -41,9 +41,32 @@ pub const PROM_MODEL_ERRORS: &str = "ml_model_errors_total";
 pub const MODEL_LOADED: &str = "ml_model_loaded";
 /// OTel (and Prometheus) name of the feature drift gauge.
 pub const FEATURE_DRIFT_PSI: &str = "ml_feature_drift_psi";
+/// OTel (and Prometheus) name of the prediction drift gauge (labels
+/// `pipeline, stage, signal`).
+pub const PREDICTION_DRIFT_PSI: &str = "ml_prediction_drift_psi";
+/// Label: what a prediction drift figure is about.
+pub const SIGNAL: &str = "signal";
+/// Signal value: the selected output's confidence.
+pub const SIGNAL_CONFIDENCE: &str = "confidence";
+/// Signal value: which candidate was selected.
+pub const SIGNAL_SELECTED_MODEL: &str = "selected_model";
 /// OTel name of the counter of feature samples the drift thread had no room
 /// for (label `pipeline`).
 pub const FEATURE_DRIFT_SAMPLES_DROPPED: &str = "ml_feature_drift_samples_dropped";
+/// OTel name of the per-model ground-truth counter (labels `pipeline,
+/// stage, model_name, outcome` = `correct` | `incorrect`).
+pub const MODEL_FEEDBACK: &str = "ml_model_feedback";
+/// Prometheus name of [`MODEL_FEEDBACK`].
+pub const PROM_MODEL_FEEDBACK: &str = "ml_model_feedback_total";
+/// OTel name of the ground-truth counter of the answer a judged stage served
+/// (labels `pipeline, stage, outcome`): the quality SLI.
+pub const PIPELINE_FEEDBACK: &str = "ml_pipeline_feedback";
+/// Prometheus name of [`PIPELINE_FEEDBACK`].
+pub const PROM_PIPELINE_FEEDBACK: &str = "ml_pipeline_feedback_total";
+/// OTel (and Prometheus, plus `_bucket`/`_sum`/`_count`) name of the
+/// absolute-error histogram of value judges (labels `pipeline, stage,
+/// model_name`).
+pub const MODEL_ABSOLUTE_ERROR: &str = "ml_model_absolute_error";
 /// OTel name of the HTTP server duration histogram (semantic conventions).
 pub const HTTP_SERVER_REQUEST_DURATION: &str = "http.server.request.duration";
 /// Prometheus name of [`HTTP_SERVER_REQUEST_DURATION`].
@@ -119,5 +142,9 @@ pub const SPAN_MODEL_RUN: &str = "model.run";
 
 /// Outcome value: the model or run succeeded.
 pub const OUTCOME_SUCCESS: &str = "success";
+/// Outcome value of feedback: the answer matched the ground truth.
+pub const FEEDBACK_CORRECT: &str = "correct";
+/// Outcome value of feedback: the answer did not match the ground truth.
+pub const FEEDBACK_INCORRECT: &str = "incorrect";
 /// Outcome value: the pipeline run failed.
 pub const OUTCOME_FAILURE: &str = "failure";

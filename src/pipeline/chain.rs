@@ -15,7 +15,9 @@ use super::call::{BoxFuture, Candidate};
 use super::error::BuildError;
 use super::execute::BoundModel;
 use super::execution::Env;
+use super::feedback::JudgedStage;
 use super::instruments::{Instruments, ModelInstruments};
+use super::judge::Rule;
 use super::lifecycle::ModelState;
 use super::pace::Pace;
 use super::report::{ModelReport, StageKind, StageReport};
@@ -153,6 +155,7 @@ pub(crate) struct Binder {
     pub(crate) pipeline: String,
     pub(crate) instruments: Instruments,
     stages: RefCell<Vec<StageStates>>,
+    judged: RefCell<Vec<JudgedStage>>,
 }
 
 impl Binder {
@@ -161,6 +164,7 @@ impl Binder {
             instruments: Instruments::new(meter),
             pipeline,
             stages: RefCell::new(Vec::new()),
+            judged: RefCell::new(Vec::new()),
         }
     }
 
@@ -233,8 +237,27 @@ impl Binder {
         })
     }
 
-    pub(crate) fn into_stages(self) -> (Instruments, Vec<StageStates>) {
-        (self.instruments, self.stages.into_inner())
+    /// Judges the stage opened last (and closed) against ground truth.
+    pub(crate) fn judge_stage(&self, rule: Rule) {
+        let stages = self.stages.borrow();
+        let Some(stage) = stages.last() else { return };
+        let models: Vec<String> = stage.models.iter().map(|m| m.name.clone()).collect();
+        self.judged.borrow_mut().push(JudgedStage::bind(
+            &self.instruments,
+            &self.pipeline,
+            &stage.name,
+            stages.len() - 1,
+            rule,
+            &models,
+        ));
+    }
+
+    pub(crate) fn into_stages(self) -> (Instruments, Vec<StageStates>, Vec<JudgedStage>) {
+        (
+            self.instruments,
+            self.stages.into_inner(),
+            self.judged.into_inner(),
+        )
     }
 }
 

@@ -201,6 +201,7 @@ impl<In: Send + Sync + 'static, Out: Send + 'static> BoundModel<In, Out> {
             duration,
             components,
             error,
+            answer: None,
         };
         match result {
             Ok(mut prediction) if self.state.kind == ModelKind::Step => {

@@ -16,6 +16,12 @@ pub(crate) const DURATION_BUCKETS: [f64; 16] = [
 /// Bucket boundaries for confidence: steps of 0.1.
 pub(crate) const CONFIDENCE_BUCKETS: [f64; 10] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 
+/// Bucket boundaries for the absolute error of value judges: 0.01 to 1000,
+/// in the unit of the judged value.
+pub(crate) const ERROR_BUCKETS: [f64; 16] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
+];
+
 /// Instruments shared by every model and stage of one pipeline.
 pub(crate) struct Instruments {
     pub(crate) executions: Counter<u64>,
@@ -28,6 +34,9 @@ pub(crate) struct Instruments {
     pub(crate) run_duration: Histogram<f64>,
     pub(crate) errors: Counter<u64>,
     pub(crate) loaded: Gauge<u64>,
+    pub(crate) feedback: Counter<u64>,
+    pub(crate) pipeline_feedback: Counter<u64>,
+    pub(crate) absolute_error: Histogram<f64>,
 }
 
 impl Instruments {
@@ -77,6 +86,23 @@ impl Instruments {
             loaded: meter
                 .u64_gauge(names::MODEL_LOADED)
                 .with_description("1 while the model is loaded in a pipeline")
+                .build(),
+            feedback: meter
+                .u64_counter(names::MODEL_FEEDBACK)
+                .with_description(
+                    "Candidate answers judged against ground truth, by outcome (correct, incorrect)",
+                )
+                .build(),
+            pipeline_feedback: meter
+                .u64_counter(names::PIPELINE_FEEDBACK)
+                .with_description(
+                    "Served answers of judged stages checked against ground truth, by outcome",
+                )
+                .build(),
+            absolute_error: meter
+                .f64_histogram(names::MODEL_ABSOLUTE_ERROR)
+                .with_description("Absolute error of value answers against ground truth")
+                .with_boundaries(ERROR_BUCKETS.to_vec())
                 .build(),
         }
     }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::judge::Answer;
 use super::model::Component;
 
 /// How one model execution ended. Each value is also the `outcome` label of
@@ -79,6 +80,10 @@ pub struct ModelReport {
     pub components: Vec<Component>,
     /// The error, panic message or timeout, when the model did not succeed.
     pub error: Option<String>,
+    /// What the model answered, in a stage with a [`crate::Judge`], on
+    /// success: what its ground truth will be compared with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Answer>,
 }
 
 /// What happened in one stage of a run.
@@ -104,6 +109,11 @@ pub struct StageReport {
 pub struct RunReport<T> {
     /// The pipeline's name.
     pub pipeline: String,
+    /// The run's id (32 hex digits, the `pipeline.run_id` attribute of its
+    /// span): where its ground truth is sent
+    /// (`POST /v1/pipelines/{name}/runs/{run_id}/feedback`, or
+    /// [`crate::Pipeline::feedback`]).
+    pub run_id: String,
     /// The W3C trace id of the run's `pipeline.run` span, when tracing is on.
     pub trace_id: Option<String>,
     /// Wall-clock time of the run.

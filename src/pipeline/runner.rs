@@ -15,6 +15,11 @@ use super::call::ModelKind;
 use super::chain::{check_name, Binder, StageChain, StageStates, Start, Then};
 use super::error::{BuildError, LoadError, ModelFailure, RunError};
 use super::execution::{Env, Execution};
+use super::feedback::{
+    new_run_id, FeedbackError, FeedbackReport, JudgedStage, Memory, FEEDBACK_RETENTION,
+    FEEDBACK_RUNS,
+};
+use super::judge::Answer;
 use super::lifecycle::ModelState;
 use super::model::ModelError;
 use super::report::{Outcome, RunReport, StageKind, StageReport};
@@ -46,6 +51,7 @@ pub struct PipelineBuilder<In, Out> {
     meter: Option<Meter>,
     execution: Execution,
     drift: Option<DriftSpec<In>>,
+    retention: (usize, Duration),
     _types: PhantomData<fn(In) -> Out>,
 }
 
@@ -72,6 +78,7 @@ where
             meter: self.meter,
             execution: self.execution,
             drift: self.drift,
+            retention: self.retention,
             _types: PhantomData,
         }
     }
@@ -109,6 +116,16 @@ where
         self
     }
 
+    /// How many runs of judged stages (see [`crate::Parallel::judge`]) are
+    /// remembered for feedback, and for how long (default
+    /// [`FEEDBACK_RUNS`] for [`FEEDBACK_RETENTION`]); past either, the
+    /// oldest are forgotten and their feedback is answered as unknown.
+    #[must_use]
+    pub fn feedback_retention(mut self, runs: usize, retention: Duration) -> Self {
+        self.retention = (runs.max(1), retention);
+        self
+    }
+
     /// Checks the pipeline (names, no empty stage), creates its instruments
     /// and binds every model's label sets. Models are not loaded yet
     /// (`ml_model_loaded` = 0): [`Pipeline::load`] loads them, or each loads
@@ -125,7 +142,7 @@ where
             .unwrap_or_else(|| opentelemetry::global::meter("pipelens"));
         let binder = Binder::new(self.name.clone(), &meter);
         let chain = (self.chain)(&binder)?;
-        let (instruments, stages) = binder.into_stages();
+        let (instruments, stages, judged) = binder.into_stages();
         let pipeline_kv = KeyValue::new(names::PIPELINE, self.name.clone());
         let run_duration = instruments
             .run_duration
@@ -135,9 +152,24 @@ where
                 .runs
                 .bind(&[pipeline_kv.clone(), KeyValue::new(names::OUTCOME, o)])
         });
+        let parallel: Vec<(String, usize)> = stages
+            .iter()
+            .filter(|s| s.kind == StageKind::Parallel)
+            .map(|s| (s.name.clone(), s.models.len()))
+            .collect();
+        let predictions = match &self.drift {
+            Some(spec) if !parallel.is_empty() => Some(crate::drift::prediction_monitor(
+                &meter,
+                &self.name,
+                &parallel,
+                spec.sizes(),
+            )),
+            _ => None,
+        };
         let drift = self
             .drift
             .map(|spec| DriftMonitor::from_spec(&meter, &self.name, spec));
+        let memory = (!judged.is_empty()).then(|| Memory::new(self.retention.0, self.retention.1));
         Ok(Pipeline {
             inner: Arc::new(Inner {
                 env: Env {
@@ -149,6 +181,9 @@ where
                 runs,
                 run_duration,
                 drift,
+                predictions,
+                judged,
+                memory,
             }),
         })
     }
@@ -176,6 +211,11 @@ struct Inner<In, Out> {
     runs: [BoundCounter<u64>; 2],
     run_duration: BoundHistogram<f64>,
     drift: Option<DriftMonitor<In>>,
+    /// Prediction drift of the parallel stages, when drift is watched.
+    predictions: Option<DriftMonitor<()>>,
+    judged: Vec<JudgedStage>,
+    /// Runs awaiting ground truth, when a stage is judged.
+    memory: Option<Memory>,
 }
 
 /// One model of a stage, as [`Pipeline::stages`] lists it.
@@ -216,6 +256,7 @@ impl<In: Send + Sync + 'static> Pipeline<In, In> {
             meter: None,
             execution: Execution::default(),
             drift: None,
+            retention: (FEEDBACK_RUNS, FEEDBACK_RETENTION),
             _types: PhantomData,
         }
     }
@@ -316,28 +357,32 @@ where
     /// current span, if any) and returns the report, or the typed error of the
     /// first stage in which no model succeeded.
     pub async fn run(&self, input: In) -> Result<RunReport<Out>, RunError> {
+        let run_id = new_run_id();
         let span = tracing::info_span!(
             "pipeline.run",
             pipeline.name = self.name(),
+            pipeline.run_id = run_id.as_str(),
             pipeline.outcome = field::Empty,
             otel.status_code = field::Empty,
             otel.status_description = field::Empty,
         );
-        self.run_under(input, span).await
+        self.run_under(input, span, run_id).await
     }
 
     /// Like [`Pipeline::run`], in a trace of its own whatever the current
     /// span: a batch's runs are separate traces, not one giant one.
     pub async fn run_root(&self, input: In) -> Result<RunReport<Out>, RunError> {
+        let run_id = new_run_id();
         let span = tracing::info_span!(
             parent: None,
             "pipeline.run",
             pipeline.name = self.name(),
+            pipeline.run_id = run_id.as_str(),
             pipeline.outcome = field::Empty,
             otel.status_code = field::Empty,
             otel.status_description = field::Empty,
         );
-        self.run_under(input, span).await
+        self.run_under(input, span, run_id).await
     }
 
     /// Runs every input of `inputs` with at most `concurrency` runs at once,
@@ -358,9 +403,14 @@ where
             .buffered(concurrency.max(1))
     }
 
-    async fn run_under(&self, input: In, span: Span) -> Result<RunReport<Out>, RunError> {
+    async fn run_under(
+        &self,
+        input: In,
+        span: Span,
+        run_id: String,
+    ) -> Result<RunReport<Out>, RunError> {
         let trace_id = trace_id_of(&span);
-        self.run_in_span(input, &span, trace_id)
+        self.run_in_span(input, &span, run_id, trace_id)
             .instrument(span.clone())
             .await
     }
@@ -369,6 +419,7 @@ where
         &self,
         input: In,
         span: &Span,
+        run_id: String,
         trace_id: Option<String>,
     ) -> Result<RunReport<Out>, RunError> {
         let inner = &*self.inner;
@@ -385,14 +436,24 @@ where
                 span.record("pipeline.outcome", names::OUTCOME_SUCCESS);
                 // The one INFO line of a successful run: what won each
                 // parallel stage; per-model lines are DEBUG.
+                if let Some(predictions) = &inner.predictions {
+                    predictions.observe(prediction_values(&stages));
+                }
+                if let Some(memory) = &inner.memory {
+                    if let Some(id) = super::feedback::parse_run_id(&run_id) {
+                        memory.remember(id, &inner.judged, &stages);
+                    }
+                }
                 tracing::info!(
                     pipeline.name = pipeline,
+                    pipeline.run_id = run_id.as_str(),
                     pipeline.selected = %Selected(&stages),
                     duration_ms = duration.as_secs_f64() * 1e3,
                     "pipeline completed"
                 );
                 Ok(RunReport {
                     pipeline: pipeline.to_owned(),
+                    run_id,
                     trace_id,
                     duration,
                     stages,
@@ -424,6 +485,55 @@ where
         }
     }
 
+    /// Records the ground truth of run `run_id` for a judged stage (`stage`
+    /// may be `None` when the pipeline judges one stage only): every
+    /// candidate's answer in that run is judged and counted
+    /// (`ml_model_feedback_total`, `ml_pipeline_feedback_total` for the
+    /// served one, `ml_model_absolute_error` for values). Each stage of a run
+    /// takes its truth once.
+    pub fn feedback(
+        &self,
+        run_id: &str,
+        stage: Option<&str>,
+        truth: Answer,
+    ) -> Result<FeedbackReport, FeedbackError> {
+        let inner = &*self.inner;
+        let Some(memory) = &inner.memory else {
+            return Err(FeedbackError::NotJudged {
+                pipeline: self.name().to_owned(),
+            });
+        };
+        let stages = || inner.judged.iter().map(|j| j.name.clone()).collect();
+        let index = match stage {
+            Some(name) => inner
+                .judged
+                .iter()
+                .position(|j| j.name == name)
+                .ok_or_else(|| FeedbackError::UnknownStage {
+                    stage: name.to_owned(),
+                    stages: stages(),
+                })?,
+            None if inner.judged.len() == 1 => 0,
+            None => return Err(FeedbackError::StageRequired { stages: stages() }),
+        };
+        let judged = &inner.judged[index];
+        if truth.kind() != judged.rule.kind.as_str() {
+            return Err(FeedbackError::WrongKind {
+                stage: judged.name.clone(),
+                expected: judged.rule.kind.as_str(),
+            });
+        }
+        if matches!(truth, Answer::Value(v) if !v.is_finite()) {
+            return Err(FeedbackError::NotFinite);
+        }
+        memory.judge(self.name(), run_id, &inner.judged, index, truth)
+    }
+
+    /// The stages judged against ground truth, in order.
+    pub fn judged_stages(&self) -> Vec<String> {
+        self.inner.judged.iter().map(|j| j.name.clone()).collect()
+    }
+
     /// Records the run's outcome (`0` success, `1` failure) and duration.
     fn finish(&self, started: Instant, outcome: usize) -> Duration {
         let duration = started.elapsed();
@@ -444,6 +554,25 @@ fn failures_of(report: &StageReport) -> Vec<ModelFailure> {
             message: m.error.clone().unwrap_or_default(),
         })
         .collect()
+}
+
+/// Per parallel stage, the selected output's confidence and the selected
+/// candidate's index: the samples of prediction drift.
+fn prediction_values(stages: &[StageReport]) -> Vec<f64> {
+    let mut values = Vec::new();
+    for stage in stages.iter().filter(|s| s.kind == StageKind::Parallel) {
+        let selected = stage.selected_model.as_deref().and_then(|name| {
+            stage
+                .models
+                .iter()
+                .position(|m| m.model_name == name)
+                .map(|i| (i, stage.models[i].confidence.unwrap_or(0.0)))
+        });
+        let (index, confidence) = selected.unwrap_or((0, 0.0));
+        values.push(confidence);
+        values.push(index as f64);
+    }
+    values
 }
 
 /// The W3C trace id of `span`'s OTel context, if the OTel layer is installed

@@ -11,6 +11,7 @@ use super::chain::{Binder, LinkChain, LinkCtx, LinkThen, StageChain, Start};
 use super::error::BuildError;
 use super::execute::{BoundModel, Ran};
 use super::execution::Env;
+use super::judge::{Judge, Read, Rule};
 use super::model::{AsyncModel, Model, ModelError, Prediction};
 use super::report::{ModelReport, Outcome, StageKind, StageReport};
 
@@ -54,6 +55,7 @@ where
             candidates: Vec::new(),
             policy: SelectionPolicy::default(),
             timeout: None,
+            judge: None,
         }
     }
 
@@ -90,6 +92,7 @@ pub struct Parallel<In, Out> {
     candidates: Vec<Candidate<In, Out>>,
     policy: SelectionPolicy,
     timeout: Option<Duration>,
+    judge: Option<Judge<Out>>,
 }
 
 impl<In, Out> Parallel<In, Out>
@@ -127,6 +130,16 @@ where
         self.timeout = Some(timeout);
         self
     }
+
+    /// Judges the candidates against ground truth that arrives after the
+    /// run: each run remembers every candidate's answer (also in its
+    /// report) until [`crate::Pipeline::feedback`] brings the truth, which
+    /// is counted per model as correct or not (see [`Judge`]).
+    #[must_use]
+    pub fn judge(mut self, judge: Judge<Out>) -> Self {
+        self.judge = Some(judge);
+        self
+    }
 }
 
 impl<In, Out> From<Parallel<In, Out>> for Stage<In, Out>
@@ -144,11 +157,20 @@ where
                     .map(|c| binder.bind(c))
                     .collect::<Result<Vec<_>, _>>()?;
                 binder.end_stage()?;
+                let judge = stage.judge.map(|j| {
+                    binder.judge_stage(Rule {
+                        kind: j.kind,
+                        tolerance: j.tolerance,
+                        relative_tolerance: j.relative_tolerance,
+                    });
+                    j.read
+                });
                 Ok(Box::new(BoundParallel {
                     name: stage.name,
                     policy: stage.policy,
                     timeout: stage.timeout,
                     models,
+                    judge,
                 }) as Box<dyn StageChain<In, Out>>)
             }),
         }
@@ -278,6 +300,8 @@ struct BoundParallel<In, Out> {
     policy: SelectionPolicy,
     timeout: Option<Duration>,
     models: Vec<BoundModel<In, Out>>,
+    /// Reads a candidate's answer, in a judged stage.
+    judge: Option<Read<Out>>,
 }
 
 impl<In, Out> StageChain<In, Out> for BoundParallel<In, Out>
@@ -308,7 +332,7 @@ where
             )
             .await;
             drop(input);
-            let ran: Vec<Ran<Out>> = self
+            let mut ran: Vec<Ran<Out>> = self
                 .models
                 .iter()
                 .zip(&spans)
@@ -316,6 +340,13 @@ where
                 .map(|((m, s), exec)| m.record(&self.name, s, exec, self.timeout))
                 .collect();
             drop(spans);
+            if let Some(read) = &self.judge {
+                for r in &mut ran {
+                    if let Some(p) = &r.prediction {
+                        r.report.answer = Some(read(&p.output));
+                    }
+                }
+            }
             let (models, mut predictions): (Vec<ModelReport>, Vec<Option<Prediction<Out>>>) =
                 ran.into_iter().map(|r| (r.report, r.prediction)).unzip();
             let chosen = select(self.policy, &predictions)

@@ -748,3 +748,6 @@ async fn a_batch_yields_results_in_input_order_with_bounded_concurrency() {
     assert_eq!(order, naps.map(|ms| ms.to_string()));
     assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
+
+#[path = "tests_feedback.rs"]
+mod feedback;

@@ -14,7 +14,7 @@ use super::error::ApiError;
 use futures_util::future::BoxFuture;
 
 use crate::input::{self, FieldError, InputError};
-use crate::pipeline::{LoadError, Pipeline, StageInfo};
+use crate::pipeline::{Answer, LoadError, Pipeline, StageInfo};
 
 type Decode<In> = Box<dyn Fn(serde_json::Value) -> Result<In, ApiError> + Send + Sync>;
 type Check<In> = Box<dyn Fn(&In) -> Result<(), FieldError> + Send + Sync>;
@@ -99,6 +99,39 @@ pub(crate) trait Endpoint: Send + Sync {
     fn load_missing(&self) -> BoxFuture<'_, Result<(), LoadError>>;
     /// Decodes and validates `body`, runs the pipeline, and answers.
     fn run(&self, body: Bytes) -> BoxFuture<'_, Result<Response, ApiError>>;
+    /// Records the ground truth in `body` for run `run_id`.
+    fn feedback(&self, run_id: &str, body: &[u8]) -> Result<Response, ApiError>;
+}
+
+/// The body of `POST /v1/pipelines/{name}/runs/{run_id}/feedback`: the
+/// truth as a `label` or a `value`, and the stage it is for when the
+/// pipeline judges more than one.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackBody {
+    #[serde(default)]
+    label: Option<String>,
+    #[serde(default)]
+    value: Option<f64>,
+    #[serde(default)]
+    stage: Option<String>,
+}
+
+impl FeedbackBody {
+    fn truth(self) -> Result<(Answer, Option<String>), FieldError> {
+        match (self.label, self.value) {
+            (Some(label), None) => Ok((Answer::Label(label), self.stage)),
+            (None, Some(value)) => Ok((Answer::Value(value), self.stage)),
+            (Some(_), Some(_)) => Err(FieldError::new(
+                "value",
+                "give the truth as `label` or `value`, not both",
+            )),
+            (None, None) => Err(FieldError::new(
+                "label",
+                "missing: give the truth as `label` (a class) or `value` (a number)",
+            )),
+        }
+    }
 }
 
 impl<In, Out> Endpoint for Served<In, Out>
@@ -133,6 +166,13 @@ where
             let report = self.pipeline.run(input).await?;
             Ok((StatusCode::OK, Json(report)).into_response())
         })
+    }
+
+    fn feedback(&self, run_id: &str, body: &[u8]) -> Result<Response, ApiError> {
+        let body: FeedbackBody = input::decode_json(body)?;
+        let (truth, stage) = body.truth()?;
+        let report = self.pipeline.feedback(run_id, stage.as_deref(), truth)?;
+        Ok((StatusCode::OK, Json(report)).into_response())
     }
 }
 

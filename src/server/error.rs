@@ -11,7 +11,7 @@ use opentelemetry::trace::TraceContextExt as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::input::{FieldError, InputError};
-use crate::pipeline::RunError;
+use crate::pipeline::{FeedbackError, RunError};
 
 /// The cause of a 5xx, attached to the response for the HTTP layer to log
 /// inside the request span (4xx are the caller's fault and are not logged).
@@ -83,6 +83,11 @@ pub enum ApiError {
     /// The route exists but not for this method.
     #[error("method not allowed on this path")]
     MethodNotAllowed,
+    /// Ground truth that cannot be recorded: unknown or expired run (404),
+    /// a second truth for the same run (409), or a truth the judged stage
+    /// cannot use (422 naming the field).
+    #[error(transparent)]
+    Feedback(#[from] FeedbackError),
 }
 
 impl ApiError {
@@ -99,6 +104,11 @@ impl ApiError {
             }
             Self::NotFound | Self::UnknownPipeline { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Feedback(e) => match e {
+                FeedbackError::AlreadyJudged { .. } => StatusCode::CONFLICT,
+                e if e.field().is_some() => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::NOT_FOUND,
+            },
         }
     }
 
@@ -119,6 +129,12 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::UnknownPipeline { .. } => "unknown_pipeline",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::Feedback(e) => match e {
+                FeedbackError::NotJudged { .. } => "feedback_not_taken",
+                FeedbackError::UnknownRun { .. } => "unknown_run",
+                FeedbackError::AlreadyJudged { .. } => "duplicate_feedback",
+                _ => "invalid_field",
+            },
         }
     }
 }
@@ -156,6 +172,11 @@ impl IntoResponse for ApiError {
         match &self {
             Self::InvalidField { field, .. } => {
                 error["field"] = json!(field);
+            }
+            Self::Feedback(e) => {
+                if let Some(field) = e.field() {
+                    error["field"] = json!(field);
+                }
             }
             Self::UnknownPipeline { served, .. } => {
                 error["served"] = json!(served);

@@ -40,6 +40,8 @@ use http_metrics::HttpLayer;
 /// pipelines get a route of their own (`/v1/pipelines/ceiling-layout/runs`),
 /// so `http_route` tells them apart; the template answers 404 for others.
 pub const RUNS_ROUTE: &str = "/v1/pipelines/{name}/runs";
+/// The feedback route of every pipeline: the ground truth of run `{run_id}`.
+pub const FEEDBACK_ROUTE: &str = "/v1/pipelines/{name}/runs/{run_id}/feedback";
 /// Default largest accepted request body.
 pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
 /// Default longest a request may take before it is answered with 503.
@@ -54,6 +56,12 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 /// The run route of the pipeline `name`.
 pub fn runs_route(name: &str) -> String {
     RUNS_ROUTE.replace("{name}", name)
+}
+
+/// The feedback route of the pipeline `name` (with `{run_id}` still a
+/// parameter).
+pub fn feedback_route(name: &str) -> String {
+    FEEDBACK_ROUTE.replace("{name}", name)
 }
 
 /// Why a server could not be built or could not serve.
@@ -266,9 +274,19 @@ impl Server {
             Arc::clone(&self.admission),
             admission::admit,
         ));
+        // Feedback is cheap bookkeeping: it is not admitted like a run.
+        let mut feedback = Router::new();
+        for endpoint in self.state.endpoints.iter() {
+            feedback = feedback.route(
+                &feedback_route(endpoint.name()),
+                post(routes::create_feedback).with_state(Arc::clone(endpoint)),
+            );
+        }
         Router::new()
             .merge(runs)
+            .merge(feedback)
             .route(RUNS_ROUTE, post(routes::unknown_pipeline))
+            .route(FEEDBACK_ROUTE, post(routes::unknown_pipeline))
             .route("/v1/pipelines", get(routes::list_pipelines))
             .route("/health", get(routes::health))
             .route("/ready", get(routes::ready))

@@ -46,11 +46,30 @@ pub(crate) async fn create_run(
     endpoint.run(body).await
 }
 
+/// `POST /v1/pipelines/{name}/runs/{run_id}/feedback` of a served
+/// pipeline: records the ground truth of one of its runs.
+pub(crate) async fn create_feedback(
+    State(endpoint): State<Arc<dyn Endpoint>>,
+    Path(run_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let body = body.map_err(|e| ApiError::Body {
+        status: e.status(),
+        message: e.body_text(),
+    })?;
+    endpoint.feedback(&run_id, &body)
+}
+
 /// `POST /v1/pipelines/{name}/runs` for a name that is not served.
 pub(crate) async fn unknown_pipeline(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    Path(params): Path<std::collections::HashMap<String, String>>,
 ) -> ApiError {
+    let name = params.get("name").cloned().unwrap_or_default();
     ApiError::UnknownPipeline {
         name,
         served: state

@@ -112,6 +112,9 @@ pub struct PipelensSli {
     /// Model outputs with a confidence above `min`.
     #[serde(default)]
     confidence: Option<Confidence>,
+    /// Served answers of a judged stage that matched their ground truth.
+    #[serde(default)]
+    accuracy: Option<Accuracy>,
 }
 
 /// The default scrape job.
@@ -145,6 +148,16 @@ struct Confidence {
     models: Vec<String>,
 }
 
+/// The accuracy shortcut.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Accuracy {
+    pipeline: String,
+    /// Only this judged stage (default: every judged stage of the pipeline).
+    #[serde(default)]
+    stage: Option<String>,
+}
+
 /// Whether `v` can sit in a PromQL string literal as it is.
 fn plain_label_value(v: &str) -> bool {
     !v.is_empty() && !v.contains(['"', '\\', '\n'])
@@ -164,11 +177,13 @@ impl PipelensSli {
             self.latency.is_some(),
             self.success.is_some(),
             self.confidence.is_some(),
+            self.accuracy.is_some(),
         ];
         if set.iter().filter(|s| **s).count() != 1 {
             return Err((
                 "sli.pipelens".to_owned(),
-                "needs exactly one of availability, latency, success or confidence".to_owned(),
+                "needs exactly one of availability, latency, success, confidence or accuracy"
+                    .to_owned(),
             ));
         }
         let job = self.job;
@@ -226,6 +241,31 @@ impl PipelensSli {
                     bad: Some(format!(
                         "ml_pipeline_runs_total{{{sel}, outcome=\"failure\"}}"
                     )),
+                    total: None,
+                },
+            });
+        }
+        if let Some(a) = self.accuracy {
+            check_pipeline("accuracy", &a.pipeline)?;
+            let mut sel = format!("job=\"{job}\", pipeline=\"{}\"", a.pipeline);
+            if let Some(stage) = &a.stage {
+                if !plain_label_value(stage) {
+                    return Err((
+                        field("accuracy.stage"),
+                        format!("{stage:?} is not a stage name"),
+                    ));
+                }
+                sel.push_str(&format!(", stage=\"{stage}\""));
+            }
+            let metric = "ml_pipeline_feedback_total";
+            return Ok(Sli::Pipelens {
+                error: q(format!(
+                    "sum(rate({metric}{{{sel}, outcome=\"incorrect\"}}[{PLACEHOLDER}]))"
+                )),
+                total: q(format!("sum(rate({metric}{{{sel}}}[{PLACEHOLDER}]))")),
+                inputs: TestInputs {
+                    good: Some(format!("{metric}{{{sel}, outcome=\"correct\"}}")),
+                    bad: Some(format!("{metric}{{{sel}, outcome=\"incorrect\"}}")),
                     total: None,
                 },
             });
