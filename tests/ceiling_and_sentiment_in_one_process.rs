@@ -85,7 +85,37 @@ async fn one_server_serves_the_ceiling_and_sentiment_pipelines() {
     )
     .await;
     assert_eq!(review.status, StatusCode::OK, "{}", review.body);
-    assert_eq!(review.json()["output"]["label"], "positive");
+    let review = review.json();
+    assert_eq!(review["output"]["label"], "positive");
+
+    // The sentiment classifiers are judged against ground truth sent later;
+    // the ceiling planner judges nothing, so it takes none.
+    let feedback = |name: &str, run: &serde_json::Value| {
+        format!(
+            "/v1/pipelines/{name}/runs/{}/feedback",
+            run["run_id"].as_str().unwrap()
+        )
+    };
+    let judged = send(
+        addr,
+        Method::POST,
+        &feedback("sentiment", &review),
+        r#"{"label": "positive"}"#,
+        &[("content-type", "application/json")],
+    )
+    .await;
+    assert_eq!(judged.status, StatusCode::OK, "{}", judged.body);
+    assert_eq!(judged.json()["stage"], "classify", "{}", judged.body);
+    let refused = send(
+        addr,
+        Method::POST,
+        &feedback("ceiling-layout", &room.json()),
+        r#"{"label": "positive"}"#,
+        &[("content-type", "application/json")],
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND, "{}", refused.body);
+    assert_eq!(refused.json()["error"]["code"], "feedback_not_taken");
 
     // A room sent to the sentiment route is that pipeline's bad input.
     let wrong = send(
@@ -117,6 +147,8 @@ async fn one_server_serves_the_ceiling_and_sentiment_pipelines() {
         r#"http_route="/v1/pipelines/ceiling-layout/runs""#,
         r#"http_route="/v1/pipelines/sentiment/runs""#,
         r#"http_route="/v1/pipelines/{name}/runs""#,
+        r#"ml_model_feedback_total{model_name="lexicon",outcome="correct",pipeline="sentiment",stage="classify"} 1"#,
+        r#"ml_pipeline_feedback_total{outcome="correct",pipeline="sentiment",stage="classify"} 1"#,
     ] {
         assert!(metrics.contains(needle), "missing {needle}:\n{metrics}");
     }

@@ -8,6 +8,10 @@
 //! run's trace: it adds `pipelens::telemetry::trace_headers()` to its
 //! request, and the scoring endpoint continues the trace from them.
 //!
+//! The classifiers are judged against ground truth: a label sent later to
+//! `POST /v1/pipelines/sentiment/runs/{run_id}/feedback` counts each
+//! candidate's answer as correct or not (`ml_model_feedback_total`).
+//!
 //! `pipelens serve` serves it beside the ceiling-layout planner, and
 //! `cargo run --example sentiment` alone; [`reviews`] is the load
 //! generator's pool of reviews labelled by construction.
@@ -27,7 +31,8 @@ use hyper_util::rt::TokioExecutor;
 use opentelemetry::metrics::Meter;
 use pipelens::server::{FieldError, Served};
 use pipelens::{
-    AsyncModel, BuildError, DriftSpec, Feature, Model, ModelError, Pipeline, Prediction, Stage,
+    AsyncModel, BuildError, DriftSpec, Feature, Judge, Model, ModelError, Pipeline, Prediction,
+    Stage,
 };
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
@@ -78,7 +83,8 @@ pub fn pipeline(
                 .model(LexiconModel(Lexicon::new()))
                 .model(BayesModel(OnceLock::new()))
                 .async_model(RemoteScorer::new(scorer))
-                .timeout(CLASSIFY_TIMEOUT),
+                .timeout(CLASSIFY_TIMEOUT)
+                .judge(Judge::label(|scored: &Scored| scored.label.as_str())),
         )
         .step("label", |scored: &Scored| {
             Ok(Sentiment {
