@@ -16,7 +16,10 @@
 //! 4. with the file back to `{}`, the alert resolves in Prometheus, leaves
 //!    Alertmanager and a resolved notification reaches the webhook;
 //! 5. the Watchdog heartbeat reaches the watchdog webhook, and no other;
-//! 6. every Prometheus and Alertmanager metric a rule or dashboard reads is
+//! 6. a second load generator degrading `naive_bayes` (reviews it alone
+//!    misreads, true labels sent back at once) makes ModelAccuracyDegraded
+//!    active for that model and no other;
+//! 7. every Prometheus and Alertmanager metric a rule or dashboard reads is
 //!    on the real binaries' /metrics.
 //!
 //! What differs from the compose stack, and why: scrape and evaluation
@@ -467,6 +470,9 @@ async fn model_failures_fire_an_alert_that_reaches_alertmanager_and_resolves() {
         Command::new(&pipelens)
             .args(["loadgen", "--target", &format!("http://{service}")])
             .args(["--rps", "20", "--duration", "0", "--bad-share", "0.05"])
+            // Ground truth a second after each judged run, so the accuracy
+            // panels have data within the dashboard budget.
+            .args(["--feedback-delay-secs", "1"])
             .env("OTEL_TRACES_EXPORTER", "none")
             .env("OTEL_LOGS_EXPORTER", "none"),
     );
@@ -726,7 +732,60 @@ async fn model_failures_fire_an_alert_that_reaches_alertmanager_and_resolves() {
         "the Watchdog must reach the watchdog receiver only"
     );
 
-    // 6. The components' own metrics that rules and dashboards read exist on
+    // 6. Ground truth: a second load generator sends reviews that
+    // naive_bayes alone misreads, with their true labels at once. Its
+    // measured accuracy falls and ModelAccuracyDegraded turns pending for it
+    // alone (firing needs 5 more minutes, which the promtool tests cover).
+    children.spawn(
+        "loadgen-degrading",
+        Command::new(&pipelens)
+            .args(["loadgen", "--target", &format!("http://{service}")])
+            .args(["--rps", "20", "--duration", "0", "--bad-share", "0"])
+            .args(["--sentiment-share", "1", "--feedback-share", "1"])
+            .args([
+                "--feedback-delay-secs",
+                "0",
+                "--degrade-model",
+                "naive_bayes",
+            ])
+            .env("OTEL_TRACES_EXPORTER", "none")
+            .env("OTEL_LOGS_EXPORTER", "none"),
+    );
+    let degraded = children
+        .wait_for(
+            "ModelAccuracyDegraded pending or firing for naive_bayes",
+            Duration::from_secs(90),
+            || {
+                let url = prometheus.clone();
+                async move {
+                    let alerts =
+                        query(&url, r#"ALERTS{alertname="ModelAccuracyDegraded"}"#).await?;
+                    let models: Vec<String> = alerts
+                        .iter()
+                        .map(|(labels, _)| labels["model_name"].as_str().unwrap_or("").to_owned())
+                        .collect();
+                    if models.is_empty() {
+                        let accuracy = query(
+                            &url,
+                            "pipeline_stage_model_name:ml_model_feedback_correct:ratio_rate30m",
+                        )
+                        .await
+                        .unwrap_or_default();
+                        Err(format!("not active; 30m accuracy now {accuracy:?}"))
+                    } else {
+                        Ok(models)
+                    }
+                }
+            },
+        )
+        .await;
+    assert_eq!(
+        degraded,
+        ["naive_bayes"],
+        "only the degraded model's accuracy alert may be active"
+    );
+
+    // 7. The components' own metrics that rules and dashboards read exist on
     // the real binaries (and Prometheus scrapes both).
     let mut component_metrics: Vec<(String, String)> = Vec::new();
     let mut exprs: Vec<String> = rules.iter().map(|r| r.expr.clone()).collect();

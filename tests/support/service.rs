@@ -13,7 +13,7 @@ use opentelemetry::metrics::Meter;
 use pipelens::faults::Faults;
 use pipelens::server::{self, Server};
 
-use crate::demo::planner;
+use crate::demo::{planner, sentiment};
 
 /// Serves the ceiling-layout pipeline with these faults, recording into
 /// `meter` and serving `registry` on /metrics. The drift reference is the
@@ -128,9 +128,11 @@ pub async fn post_room(addr: SocketAddr, body: &str, headers: &[(&str, &str)]) -
 /// The rooms `metrics_after_a_mix` plans, all of which must succeed.
 pub const MIX_ROOMS: usize = 6;
 
-/// Serves the pipeline with one light candidate always failing (so the error
-/// series exist), plans `MIX_ROOMS` rooms of different shapes and one bad
-/// request, and returns the /metrics reply.
+/// Serves the two pipelines `pipelens serve` serves, the ceiling planner
+/// with one light candidate always failing (so the error series exist) and
+/// the sentiment classifier; plans `MIX_ROOMS` rooms of different shapes and
+/// one bad request, classifies one review and sends its ground truth, and
+/// returns the /metrics reply.
 pub async fn metrics_after_a_mix() -> Reply {
     let (registry, provider) = pipelens::telemetry::metrics_provider(
         opentelemetry_sdk::Resource::builder()
@@ -139,14 +141,47 @@ pub async fn metrics_after_a_mix() -> Reply {
     )
     .unwrap();
     let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "test");
-    let faults = Faults::new(Some(r#"{"light_dense": {"error_rate": 1.0}}"#), None).unwrap();
-    let addr = start(&meter, registry, faults, 3).await;
+    let faults =
+        Arc::new(Faults::new(Some(r#"{"light_dense": {"error_rate": 1.0}}"#), None).unwrap());
+    let ceiling = planner::pipeline(Some(meter.clone()), &faults, 3).unwrap();
+    let scorer = sentiment::start_scorer().await.unwrap();
+    let reviews = sentiment::pipeline(meter.clone(), scorer).unwrap();
+    let addr = serve(
+        Server::builder()
+            .meter(meter)
+            .registry(registry)
+            .pipeline(planner::served(ceiling))
+            .pipeline(sentiment::served(reviews))
+            .build()
+            .unwrap(),
+    )
+    .await;
     let rooms = [(12, 8), (4, 4), (40, 30), (3, 40), (20, 20), (8, 12)];
     assert_eq!(rooms.len(), MIX_ROOMS);
     for (w, l) in rooms {
         let reply = post_room(addr, &format!(r#"{{"width": {w}, "length": {l}}}"#), &[]).await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     }
+    let json = [("content-type", "application/json")];
+    let review = send(
+        addr,
+        Method::POST,
+        &server::runs_route(sentiment::NAME),
+        r#"{"text": "excellent, I love it"}"#,
+        &json,
+    )
+    .await;
+    assert_eq!(review.status, StatusCode::OK, "{}", review.body);
+    let run_id = review.json()["run_id"].as_str().unwrap().to_owned();
+    let judged = send(
+        addr,
+        Method::POST,
+        &format!("/v1/pipelines/{}/runs/{run_id}/feedback", sentiment::NAME),
+        r#"{"label": "positive"}"#,
+        &json,
+    )
+    .await;
+    assert_eq!(judged.status, StatusCode::OK, "{}", judged.body);
     let bad = post_room(addr, r#"{"width": "x"}"#, &[]).await;
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
     // Drift is computed off the request path and published every second.

@@ -145,9 +145,9 @@ enum Command {
         feedback_delay_secs: f64,
         /// Make this sentiment model's measured accuracy drop: a share of
         /// reviews is drawn from those it alone misreads (labels stay
-        /// true). One of lexicon, naive_bayes, remote_logistic.
-        #[arg(long, value_name = "NAME", value_parser = degrade_model)]
-        degrade_model: Option<Candidate>,
+        /// true). One of lexicon, naive_bayes, remote_logistic, or none.
+        #[arg(long, value_name = "NAME", default_value = "none", value_parser = degrade_model)]
+        degrade_model: Degrade,
         /// Share of sentiment reviews drawn from those --degrade-model
         /// misreads, in [0, 1].
         #[arg(long, default_value_t = 0.5, value_parser = ratio)]
@@ -274,7 +274,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 sentiment_share,
                 feedback_share,
                 feedback_delay_secs,
-                degrade: degrade_model,
+                degrade: degrade_model.0,
                 degrade_share,
             };
             let _telemetry = telemetry::init(&TelemetryConfig::from_env()?)?;
@@ -300,11 +300,25 @@ fn delay_secs(value: &str) -> Result<f64, String> {
 }
 
 /// Parses `--degrade-model`: one of the sentiment pipeline's candidates.
-fn degrade_model(value: &str) -> Result<Candidate, String> {
-    Candidate::from_name(value).ok_or_else(|| {
-        let names: Vec<&str> = Candidate::ALL.iter().map(|c| c.name()).collect();
-        format!("expected one of {}, got {value:?}", names.join(", "))
-    })
+/// `--degrade-model`: the sentiment candidate to degrade, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Degrade(Option<Candidate>);
+
+/// Parses `--degrade-model`: a candidate's name, or `none` (so compose can
+/// pass `${LOADGEN_DEGRADE_MODEL:-none}`).
+fn degrade_model(value: &str) -> Result<Degrade, String> {
+    if value == "none" {
+        return Ok(Degrade(None));
+    }
+    Candidate::from_name(value)
+        .map(|c| Degrade(Some(c)))
+        .ok_or_else(|| {
+            let names: Vec<&str> = Candidate::ALL.iter().map(|c| c.name()).collect();
+            format!(
+                "expected one of {} or none, got {value:?}",
+                names.join(", ")
+            )
+        })
 }
 
 /// Parses `--shutdown-grace-secs`: a finite number of seconds, 0 or more.
@@ -505,7 +519,7 @@ mod tests {
             ),
             (0.25, 0.5, 10.0, 0.5)
         );
-        assert_eq!(degrade_model, None);
+        assert_eq!(degrade_model, Degrade(None));
     }
 
     #[test]
@@ -541,8 +555,8 @@ mod tests {
             ),
             (1.0, 0.0, 0.25, 0.8)
         );
-        assert_eq!(degrade_model, Some(Candidate::NaiveBayes));
-        for name in ["lexicon", "naive_bayes", "remote_logistic"] {
+        assert_eq!(degrade_model, Degrade(Some(Candidate::NaiveBayes)));
+        for name in ["lexicon", "naive_bayes", "remote_logistic", "none"] {
             assert!(loadgen_args(&["--degrade-model", name]).is_ok(), "{name}");
         }
     }

@@ -152,21 +152,23 @@ impl Candidate {
         Self::ALL.into_iter().find(|c| c.name() == name)
     }
 
-    /// The label this candidate gives `tokens`, computed in-process (the
+    /// What this candidate makes of `tokens`, computed in-process (the
     /// remote candidate's model is the one its scoring endpoint runs).
-    pub fn classify(self, tokens: &Tokens) -> classify::Label {
+    pub fn score(self, tokens: &Tokens) -> Scored {
         static LEXICON: OnceLock<Lexicon> = OnceLock::new();
         static BAYES: OnceLock<NaiveBayes> = OnceLock::new();
         match self {
-            Candidate::Lexicon => LEXICON.get_or_init(Lexicon::new).classify(tokens).label,
-            Candidate::NaiveBayes => {
-                BAYES
-                    .get_or_init(NaiveBayes::trained_default)
-                    .classify(tokens)
-                    .label
-            }
-            Candidate::RemoteLogistic => classify::logistic_score(tokens).label,
+            Candidate::Lexicon => LEXICON.get_or_init(Lexicon::new).classify(tokens),
+            Candidate::NaiveBayes => BAYES
+                .get_or_init(NaiveBayes::trained_default)
+                .classify(tokens),
+            Candidate::RemoteLogistic => classify::logistic_score(tokens),
         }
+    }
+
+    /// The label this candidate gives `tokens`.
+    pub fn classify(self, tokens: &Tokens) -> classify::Label {
+        self.score(tokens).label
     }
 }
 

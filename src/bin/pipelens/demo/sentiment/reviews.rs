@@ -512,4 +512,30 @@ mod tests {
             }
         }
     }
+
+    /// The stage serves the most confident candidate (ties to the first
+    /// declared); on the pool its answer must beat the served-prediction
+    /// accuracy SLO's objective (95% in `prometheus/slos.yaml`) with room to
+    /// spare, or healthy demo traffic would spend the error budget.
+    #[test]
+    fn the_served_answer_meets_the_accuracy_objective() {
+        let pool = pool();
+        let right = pool
+            .iter()
+            .filter(|r| {
+                let tokens = tokenize(&r.text);
+                let mut served = Candidate::ALL[0].score(&tokens);
+                for candidate in &Candidate::ALL[1..] {
+                    let scored = candidate.score(&tokens);
+                    if scored.confidence > served.confidence {
+                        served = scored;
+                    }
+                }
+                served.label == r.label
+            })
+            .count();
+        let accuracy = right as f64 / pool.len() as f64;
+        println!("served accuracy {accuracy:.3} on {} reviews", pool.len());
+        assert!(accuracy >= 0.97, "{accuracy}");
+    }
 }
