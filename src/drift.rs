@@ -1,7 +1,8 @@
 //! Feature drift: the population stability index (PSI) between a reference
 //! window of inputs and a sliding window of live inputs, per feature,
 //! exported as `ml_feature_drift_psi{pipeline, feature}`. A pipeline declares
-//! its features with a [`DriftSpec`].
+//! its features with a [`DriftSpec`]: numeric ones binned by edges,
+//! categorical ones by category (plus an "other" bin).
 //!
 //! PSI = Σ (live% − ref%) · ln(live% / ref%) over fixed bins; shares are
 //! floored at 0.0001 so empty bins do not divide by zero. Rule of thumb:
@@ -69,86 +70,179 @@ pub fn psi(reference: &[u64], live: &[u64]) -> f64 {
         .sum()
 }
 
+/// Most categories a categorical feature's reference keeps; further ones
+/// (and, once the reference is complete, any category it has not seen)
+/// fall in the feature's last bin, "other".
+pub const MAX_CATEGORIES: usize = 64;
+
+/// How one tracked feature's values fall into bins.
+#[derive(Debug, Clone)]
+enum Bins {
+    /// Numeric: upper edges, and an overflow bin after them.
+    Edges(Vec<f64>),
+    /// Categorical: the reference's categories, and an "other" bin after
+    /// them; the list grows while a learned reference is incomplete.
+    Categories(Vec<String>),
+}
+
+/// One feature of a [`DriftWindow`]: its bins and both histograms.
+#[derive(Debug, Clone)]
+struct Tracked {
+    name: &'static str,
+    bins: Bins,
+    reference: Vec<u64>,
+    live: Vec<u64>,
+}
+
+impl Tracked {
+    fn numeric(feature: Feature) -> Self {
+        let n = feature.bins();
+        Self {
+            name: feature.name,
+            bins: Bins::Edges(feature.edges),
+            reference: vec![0; n],
+            live: vec![0; n],
+        }
+    }
+
+    fn categorical(name: &'static str) -> Self {
+        Self {
+            name,
+            bins: Bins::Categories(Vec::new()),
+            reference: vec![0],
+            live: vec![0],
+        }
+    }
+
+    /// Takes the reference of the profile's feature of the same name and
+    /// kind, if there is one.
+    fn adopt(&mut self, profile: &Profile) {
+        let Some(p) = profile.features.iter().find(|p| p.name == self.name) else {
+            return;
+        };
+        let bins = match (&self.bins, &p.categories) {
+            (Bins::Edges(_), None) => Bins::Edges(p.edges.clone()),
+            (Bins::Categories(_), Some(c)) => Bins::Categories(c.clone()),
+            _ => return,
+        };
+        self.bins = bins;
+        self.reference = p.counts.clone();
+        self.live = vec![0; p.counts.len()];
+    }
+
+    /// The bin of a numeric value (`None` for a categorical feature).
+    fn bin_of_number(&self, value: f64) -> Option<usize> {
+        match &self.bins {
+            Bins::Edges(edges) => Some(
+                edges
+                    .iter()
+                    .position(|e| value <= *e)
+                    .unwrap_or(edges.len()),
+            ),
+            Bins::Categories(_) => None,
+        }
+    }
+
+    /// The bin of a category; while `learning`, an unseen category gets a
+    /// bin of its own (up to [`MAX_CATEGORIES`]).
+    fn bin_of_category(&mut self, value: &str, learning: bool) -> usize {
+        let Bins::Categories(categories) = &mut self.bins else {
+            return 0;
+        };
+        if let Some(i) = categories.iter().position(|c| c == value) {
+            return i;
+        }
+        if learning && categories.len() < MAX_CATEGORIES {
+            categories.push(value.to_owned());
+            // The new category's bin goes before "other", which stays last.
+            self.reference.insert(categories.len() - 1, 0);
+            self.live.insert(categories.len() - 1, 0);
+            return categories.len() - 1;
+        }
+        categories.len()
+    }
+
+    fn profile(&self) -> FeatureProfile {
+        let (edges, categories) = match &self.bins {
+            Bins::Edges(edges) => (edges.clone(), None),
+            Bins::Categories(c) => (Vec::new(), Some(c.clone())),
+        };
+        FeatureProfile {
+            name: self.name.to_owned(),
+            edges,
+            categories,
+            counts: self.reference.clone(),
+        }
+    }
+}
+
 /// A reference histogram and a sliding live window per feature, and their
 /// PSI: the arithmetic of drift, with no threads or metrics, so it can be
 /// tested and reused on its own. The first `reference_size` observations
 /// form the reference; the last `window_size` after them the live window.
+/// Numeric features come first, then categorical ones
+/// ([`DriftWindow::categorical`]), in every list of values and results.
 #[derive(Debug, Clone)]
 pub struct DriftWindow {
-    features: Vec<Feature>,
+    features: Vec<Tracked>,
+    numeric: usize,
     reference_size: usize,
     window_size: usize,
-    reference: Vec<Vec<u64>>,
     reference_seen: usize,
-    live: Vec<Vec<u64>>,
     window: VecDeque<Vec<usize>>,
+    /// The profile the reference came from, for categorical features added
+    /// after.
+    source: Option<Profile>,
 }
 
 impl DriftWindow {
     /// An empty window over `features`.
     pub fn new(features: Vec<Feature>, reference_size: usize, window_size: usize) -> Self {
-        let zeros: Vec<Vec<u64>> = features.iter().map(|f| vec![0; f.bins()]).collect();
         Self {
-            features,
+            numeric: features.len(),
+            features: features.into_iter().map(Tracked::numeric).collect(),
             reference_size: reference_size.max(1),
             window_size: window_size.max(1),
-            reference: zeros.clone(),
             reference_seen: 0,
-            live: zeros,
             window: VecDeque::with_capacity(window_size.max(1)),
+            source: None,
         }
     }
 
     /// A window whose reference is `profile` (complete from the start): each
-    /// feature found in it by name takes its edges and counts; a feature
-    /// absent from it keeps its own edges and an empty reference, so its
-    /// PSI reads 0.
+    /// feature found in it by name (and kind) takes its bins and counts; a
+    /// feature absent from it keeps its own bins and an empty reference, so
+    /// its PSI reads 0.
     pub fn from_profile(features: Vec<Feature>, profile: &Profile, window_size: usize) -> Self {
-        let mut reference = Vec::with_capacity(features.len());
-        let features: Vec<Feature> = features
-            .into_iter()
-            .map(
-                |f| match profile.features.iter().find(|p| p.name == f.name) {
-                    Some(p) => {
-                        reference.push(p.counts.clone());
-                        Feature {
-                            name: f.name,
-                            edges: p.edges.clone(),
-                        }
-                    }
-                    None => {
-                        reference.push(vec![0; f.bins()]);
-                        f
-                    }
-                },
-            )
-            .collect();
-        let live = features.iter().map(|f| vec![0; f.bins()]).collect();
-        Self {
-            features,
-            reference_size: 1,
-            window_size: window_size.max(1),
-            reference,
-            reference_seen: 1,
-            live,
-            window: VecDeque::with_capacity(window_size.max(1)),
+        let mut window = Self::new(features, 1, window_size);
+        for f in &mut window.features {
+            f.adopt(profile);
         }
+        window.reference_seen = 1;
+        window.source = Some(profile.clone());
+        window
+    }
+
+    /// Adds categorical features, after the numeric ones: their categories
+    /// are learned with the reference (up to [`MAX_CATEGORIES`] each), or
+    /// taken from the profile the window was made from.
+    #[must_use]
+    pub fn categorical(mut self, names: &[&'static str]) -> Self {
+        for name in names {
+            let mut tracked = Tracked::categorical(name);
+            if let Some(profile) = &self.source {
+                tracked.adopt(profile);
+            }
+            self.features.push(tracked);
+        }
+        self
     }
 
     /// The reference as a [`Profile`], once it is complete.
     pub fn profile(&self) -> Option<Profile> {
         (self.reference_seen >= self.reference_size).then(|| Profile {
             samples: self.reference_seen as u64,
-            features: self
-                .features
-                .iter()
-                .zip(&self.reference)
-                .map(|(f, counts)| FeatureProfile {
-                    name: f.name.to_owned(),
-                    edges: f.edges.clone(),
-                    counts: counts.clone(),
-                })
-                .collect(),
+            features: self.features.iter().map(Tracked::profile).collect(),
         })
     }
 
@@ -157,30 +251,52 @@ impl DriftWindow {
         self.reference_seen >= self.reference_size
     }
 
-    /// Adds one observation (values in the order of the features) to the
-    /// reference while it is incomplete, to the live window after.
+    /// Adds one observation of the numeric features (values in their
+    /// order); categorical features, if any, count it as "other".
     pub fn record(&mut self, values: &[f64]) {
+        self.record_with(values, &[]);
+    }
+
+    /// Adds one observation: the numeric features' values and the
+    /// categorical features' categories, each in declaration order. It goes
+    /// to the reference while that is incomplete, to the live window after.
+    pub fn record_with(&mut self, values: &[f64], categories: &[String]) {
+        let learning = self.reference_seen < self.reference_size;
+        let numeric = self.numeric;
         let bins: Vec<usize> = self
             .features
-            .iter()
-            .zip(values)
-            .map(|(f, v)| f.bin(*v))
+            .iter_mut()
+            .enumerate()
+            .map(|(i, f)| {
+                if i < numeric {
+                    f.bin_of_number(values.get(i).copied().unwrap_or(f64::NAN))
+                        .unwrap_or(0)
+                } else {
+                    let category = categories.get(i - numeric).map_or("", String::as_str);
+                    f.bin_of_category(category, learning)
+                }
+            })
             .collect();
-        if self.reference_seen < self.reference_size {
-            for (i, b) in bins.iter().enumerate() {
-                self.reference[i][*b] += 1;
+        if learning {
+            for (f, b) in self.features.iter_mut().zip(&bins) {
+                f.reference[*b] += 1;
             }
             self.reference_seen += 1;
+            if self.reference_seen == self.reference_size {
+                for f in &mut self.features {
+                    f.live = vec![0; f.reference.len()];
+                }
+            }
             return;
         }
-        for (i, b) in bins.iter().enumerate() {
-            self.live[i][*b] += 1;
+        for (f, b) in self.features.iter_mut().zip(&bins) {
+            f.live[*b] += 1;
         }
         self.window.push_back(bins);
         if self.window.len() > self.window_size {
             if let Some(old) = self.window.pop_front() {
-                for (i, b) in old.iter().enumerate() {
-                    self.live[i][*b] -= 1;
+                for (f, b) in self.features.iter_mut().zip(&old) {
+                    f.live[*b] -= 1;
                 }
             }
         }
@@ -193,8 +309,9 @@ impl DriftWindow {
             return None;
         }
         Some(
-            (0..self.features.len())
-                .map(|i| psi(&self.reference[i], &self.live[i]))
+            self.features
+                .iter()
+                .map(|f| psi(&f.reference, &f.live))
                 .collect(),
         )
     }
@@ -225,9 +342,16 @@ pub struct Profile {
 pub struct FeatureProfile {
     /// The feature's name (the `feature` label).
     pub name: String,
-    /// Upper bin edges, ascending; a last bin takes values above them.
+    /// Upper bin edges of a numeric feature, ascending; a last bin takes
+    /// values above them. Empty for a categorical feature.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub edges: Vec<f64>,
-    /// Reference values per bin: `edges.len() + 1` counts.
+    /// The categories of a categorical feature (absent for a numeric one);
+    /// a last bin, "other", takes any category not listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub categories: Option<Vec<String>>,
+    /// Reference values per bin: one count more than edges (numeric) or
+    /// than categories (categorical).
     pub counts: Vec<u64>,
 }
 
@@ -277,6 +401,7 @@ impl Profile {
                 FeatureProfile {
                     name: (*name).to_owned(),
                     edges: feature.edges,
+                    categories: None,
                     counts,
                 }
             })
@@ -287,18 +412,76 @@ impl Profile {
         }
     }
 
-    /// Checks edges ascend, finite, with one count more than edges.
+    /// The profile of a categorical feature from a sample of its values:
+    /// its categories by share, most frequent first (ties by name), the
+    /// first [`MAX_CATEGORIES`] kept and the rest counted as "other".
+    pub fn categorical_feature(name: &str, values: &[String]) -> FeatureProfile {
+        let mut counts: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+        for v in values {
+            *counts.entry(v.as_str()).or_default() += 1;
+        }
+        let mut ranked: Vec<(&str, u64)> = counts.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let kept = ranked.len().min(MAX_CATEGORIES);
+        let other: u64 = ranked[kept..].iter().map(|(_, n)| n).sum();
+        FeatureProfile {
+            name: name.to_owned(),
+            edges: Vec::new(),
+            categories: Some(
+                ranked[..kept]
+                    .iter()
+                    .map(|(c, _)| (*c).to_owned())
+                    .collect(),
+            ),
+            counts: ranked[..kept]
+                .iter()
+                .map(|(_, n)| *n)
+                .chain(std::iter::once(other))
+                .collect(),
+        }
+    }
+
+    /// Checks each feature: numeric edges finite and strictly ascending,
+    /// categories distinct and at most [`MAX_CATEGORIES`], not both, and
+    /// one count more than edges or categories.
     pub fn validate(&self) -> Result<(), ProfileError> {
+        let mut names = std::collections::BTreeSet::new();
         for f in &self.features {
             let bad = |reason: &str| ProfileError {
                 feature: f.name.clone(),
                 reason: reason.to_owned(),
             };
-            if f.counts.len() != f.edges.len() + 1 {
-                return Err(bad("needs one count more than edges"));
+            if !names.insert(f.name.as_str()) {
+                return Err(bad("appears twice"));
             }
-            if f.edges.iter().any(|e| !e.is_finite()) || f.edges.windows(2).any(|w| w[0] >= w[1]) {
-                return Err(bad("edges must be finite and strictly ascending"));
+            match &f.categories {
+                None => {
+                    if f.counts.len() != f.edges.len() + 1 {
+                        return Err(bad("needs one count more than edges"));
+                    }
+                    if f.edges.iter().any(|e| !e.is_finite())
+                        || f.edges.windows(2).any(|w| w[0] >= w[1])
+                    {
+                        return Err(bad("edges must be finite and strictly ascending"));
+                    }
+                }
+                Some(categories) => {
+                    if !f.edges.is_empty() {
+                        return Err(bad("has both edges and categories"));
+                    }
+                    if f.counts.len() != categories.len() + 1 {
+                        return Err(bad(
+                            "needs one count more than categories (the last is \"other\")",
+                        ));
+                    }
+                    if categories.len() > MAX_CATEGORIES {
+                        return Err(bad(&format!("has more than {MAX_CATEGORIES} categories")));
+                    }
+                    let distinct: std::collections::BTreeSet<&String> = categories.iter().collect();
+                    if distinct.len() != categories.len() {
+                        return Err(bad("lists a category twice"));
+                    }
+                }
             }
         }
         Ok(())
@@ -326,14 +509,17 @@ impl Profile {
 }
 
 type Extract<In> = Box<dyn Fn(&In) -> Vec<f64> + Send + Sync>;
+type Category<In> = Box<dyn Fn(&In) -> String + Send + Sync>;
 
-/// Which numeric features of a pipeline's input are watched for drift: the
-/// features with their bins, and a function from an input to their values
-/// (in the order of the features). Handed to
-/// [`crate::PipelineBuilder::drift`].
+/// Which features of a pipeline's input are watched for drift: numeric
+/// features with their bins and a function from an input to their values
+/// (in the order of the features), and categorical features
+/// ([`DriftSpec::categorical`]) each with a function from an input to its
+/// category. Handed to [`crate::PipelineBuilder::drift`].
 pub struct DriftSpec<In> {
     features: Vec<Feature>,
     extract: Extract<In>,
+    categorical: Vec<(&'static str, Category<In>)>,
     reference_size: usize,
     window_size: usize,
     publish_every: Duration,
@@ -352,12 +538,64 @@ impl<In> DriftSpec<In> {
         Self {
             features,
             extract: Box::new(extract),
+            categorical: Vec::new(),
             reference_size: 200,
             window_size: 200,
             publish_every: Duration::from_secs(1),
             reference: None,
             persist_to: None,
         }
+    }
+
+    /// Also watches a categorical feature: `category` reads it off each
+    /// input (a language, a client, a document type). Its reference is the
+    /// share of each category (up to [`MAX_CATEGORIES`]; an "other" bin
+    /// takes the rest and, once the reference is set, any category it has
+    /// not seen, so a new category shows as drift).
+    #[must_use]
+    pub fn categorical(
+        mut self,
+        name: &'static str,
+        category: impl Fn(&In) -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.categorical.push((name, Box::new(category)));
+        self
+    }
+
+    /// The names of the watched features: numeric, then categorical.
+    pub fn feature_names(&self) -> Vec<&'static str> {
+        self.features
+            .iter()
+            .map(|f| f.name)
+            .chain(self.categorical.iter().map(|(name, _)| *name))
+            .collect()
+    }
+
+    /// Builds a reference profile from a sample of inputs (training data,
+    /// or a known-good day of traffic): each numeric feature in `bins` bins
+    /// between the sample's quantiles ([`Profile::from_samples`]), each
+    /// categorical feature by category share
+    /// ([`Profile::categorical_feature`]).
+    pub fn profile<'a>(&self, inputs: impl IntoIterator<Item = &'a In>, bins: usize) -> Profile
+    where
+        In: 'a,
+    {
+        let mut numbers = Vec::new();
+        let mut categories: Vec<Vec<String>> = vec![Vec::new(); self.categorical.len()];
+        for input in inputs {
+            numbers.push((self.extract)(input));
+            for ((_, category), values) in self.categorical.iter().zip(&mut categories) {
+                values.push(category(input));
+            }
+        }
+        let names: Vec<&str> = self.features.iter().map(|f| f.name).collect();
+        let mut profile = Profile::from_samples(&names, &numbers, bins);
+        for ((name, _), values) in self.categorical.iter().zip(&categories) {
+            profile
+                .features
+                .push(Profile::categorical_feature(name, values));
+        }
+        profile
     }
 
     /// Uses `profile` as the reference from the first input on (a profile
@@ -407,8 +645,8 @@ const SAMPLE_QUEUE: usize = 1024;
 
 /// What the request path hands to the drift thread.
 enum Message {
-    /// One input's feature values.
-    Sample(Vec<f64>),
+    /// One input's numeric feature values and categories.
+    Sample(Vec<f64>, Vec<String>),
     /// Reply with the PSI and the observations seen once every earlier
     /// message is folded in.
     Flush(std::sync::mpsc::Sender<(Option<Vec<f64>>, usize)>),
@@ -422,6 +660,7 @@ enum Message {
 /// `ml_feature_drift_psi{pipeline, feature}` every `publish_every`.
 pub struct DriftMonitor<In> {
     extract: Extract<In>,
+    categorical: Vec<Category<In>>,
     samples: std::sync::mpsc::SyncSender<Message>,
     dropped: Counter<u64>,
     labels: [KeyValue; 1],
@@ -437,12 +676,12 @@ impl<In> DriftMonitor<In> {
             )
             .build();
         let labels: Vec<Vec<KeyValue>> = spec
-            .features
-            .iter()
-            .map(|f| {
+            .feature_names()
+            .into_iter()
+            .map(|name| {
                 vec![
                     KeyValue::new(names::PIPELINE, pipeline.to_owned()),
-                    KeyValue::new(names::FEATURE, f.name),
+                    KeyValue::new(names::FEATURE, name),
                 ]
             })
             .collect();
@@ -470,10 +709,16 @@ impl<In> DriftMonitor<In> {
             _ => None,
         };
         let persist = spec.persist_to.filter(|_| stored.is_none());
+        let (categorical, category_names): (Vec<Category<In>>, Vec<&'static str>) = spec
+            .categorical
+            .into_iter()
+            .map(|(name, f)| (f, name))
+            .unzip();
         let window = match &stored {
             Some(profile) => DriftWindow::from_profile(spec.features, profile, spec.window_size),
             None => DriftWindow::new(spec.features, spec.reference_size, spec.window_size),
-        };
+        }
+        .categorical(&category_names);
         let (samples, queue) = std::sync::mpsc::sync_channel(SAMPLE_QUEUE);
         let every = spec.publish_every.max(Duration::from_millis(1));
         std::thread::Builder::new()
@@ -482,6 +727,7 @@ impl<In> DriftMonitor<In> {
             .expect("spawn the drift thread");
         Self {
             extract: spec.extract,
+            categorical,
             samples,
             dropped: meter
                 .u64_counter(names::FEATURE_DRIFT_SAMPLES_DROPPED)
@@ -494,13 +740,18 @@ impl<In> DriftMonitor<In> {
     /// Hands one input's feature values to the drift thread, without
     /// waiting; a full queue drops them (counted).
     pub fn observe_input(&self, input: &In) {
-        self.observe((self.extract)(input));
+        let categories = self.categorical.iter().map(|f| f(input)).collect();
+        self.send(Message::Sample((self.extract)(input), categories));
     }
 
-    /// Hands feature values (in the order of the features) to the drift
-    /// thread, without waiting.
+    /// Hands numeric feature values (in the order of the features) to the
+    /// drift thread, without waiting.
     pub fn observe(&self, values: Vec<f64>) {
-        if self.samples.try_send(Message::Sample(values)).is_err() {
+        self.send(Message::Sample(values, Vec::new()));
+    }
+
+    fn send(&self, sample: Message) {
+        if self.samples.try_send(sample).is_err() {
             self.dropped.add(1, &self.labels);
         }
     }
@@ -595,9 +846,9 @@ fn fold(
     let mut next = Instant::now() + every;
     loop {
         match queue.recv_timeout(next.saturating_duration_since(Instant::now())) {
-            Ok(Message::Sample(values)) => {
+            Ok(Message::Sample(values, categories)) => {
                 let had = window.has_reference();
-                window.record(&values);
+                window.record_with(&values, &categories);
                 if !had && window.has_reference() {
                     if let (Some(path), Some(profile)) = (persist.take(), window.profile()) {
                         match profile.write(&path) {
@@ -762,6 +1013,7 @@ mod tests {
             features: vec![FeatureProfile {
                 name: "x".into(),
                 edges: vec![2.0, 1.0],
+                categories: None,
                 counts: vec![1, 0, 0],
             }],
         };
@@ -775,6 +1027,7 @@ mod tests {
             features: vec![FeatureProfile {
                 name: "x".into(),
                 edges: vec![10.0],
+                categories: None,
                 counts: vec![50, 50],
             }],
         };
@@ -823,6 +1076,170 @@ mod tests {
         assert!(
             psi.unwrap()[0] > 1.0,
             "compared with the saved reference at once"
+        );
+    }
+
+    /// A request with one numeric and one categorical feature.
+    struct Doc {
+        words: f64,
+        lang: &'static str,
+    }
+
+    fn doc_spec() -> DriftSpec<Doc> {
+        DriftSpec::new(
+            vec![Feature {
+                name: "words",
+                edges: vec![100.0],
+            }],
+            |d: &Doc| vec![d.words],
+        )
+        .categorical("lang", |d: &Doc| d.lang.to_owned())
+    }
+
+    fn doc(lang: &'static str) -> Doc {
+        Doc { words: 50.0, lang }
+    }
+
+    #[test]
+    fn a_categorical_feature_counts_unseen_categories_as_other() {
+        let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let mut w = DriftWindow::new(Vec::new(), 10, 10).categorical(&["lang"]);
+        for lang in ["en", "de"].repeat(5) {
+            w.record_with(&[], &strings(&[lang]));
+        }
+        let reference = w.profile().unwrap();
+        assert_eq!(
+            reference.features[0].categories.as_deref(),
+            Some(&strings(&["en", "de"])[..])
+        );
+        assert_eq!(reference.features[0].counts, [5, 5, 0], "other is last");
+        for lang in ["en", "fr"].repeat(5) {
+            w.record_with(&[], &strings(&[lang]));
+        }
+        // Live 50% en, 0% de, 50% other (fr was never seen):
+        // en: 0; de: (0.0001-0.5)ln(0.0001/0.5) = 4.257745;
+        // other: (0.5-0.0001)ln(0.5/0.0001) = 4.257745.
+        let psi = w.psi().unwrap();
+        assert!((psi[0] - 8.515_49).abs() < 1e-4, "{psi:?}");
+        // The reference's category list is frozen: fr stays "other".
+        assert_eq!(w.profile().unwrap().features[0].counts, [5, 5, 0]);
+    }
+
+    #[test]
+    fn a_categorical_profile_ranks_categories_by_share_and_caps_them() {
+        let values: Vec<String> = ["b", "a", "b", "c"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let f = Profile::categorical_feature("lang", &values);
+        assert_eq!(
+            f.categories.as_deref(),
+            Some(&["b", "a", "c"].map(String::from)[..])
+        );
+        assert_eq!(f.counts, [2, 1, 1, 0]);
+        assert!(f.edges.is_empty());
+        let many: Vec<String> = (0..MAX_CATEGORIES + 6)
+            .map(|i| format!("c{i:03}"))
+            .collect();
+        let capped = Profile::categorical_feature("client", &many);
+        assert_eq!(capped.categories.as_ref().unwrap().len(), MAX_CATEGORIES);
+        assert_eq!(capped.counts.last(), Some(&6), "the rest is other");
+        Profile {
+            samples: 4,
+            features: vec![f.clone(), capped],
+        }
+        .validate()
+        .unwrap();
+
+        let broken = |change: fn(&mut FeatureProfile)| {
+            let mut g = f.clone();
+            change(&mut g);
+            Profile {
+                samples: 4,
+                features: vec![g],
+            }
+            .validate()
+            .unwrap_err()
+            .reason
+        };
+        assert!(broken(|g| g.edges = vec![1.0]).contains("both"));
+        assert!(broken(|g| g.counts.pop().map_or((), drop)).contains("one count more"));
+        assert!(
+            broken(|g| g.categories = Some(vec!["a".into(), "a".into(), "b".into()]))
+                .contains("twice")
+        );
+        let twice = Profile {
+            samples: 4,
+            features: vec![f.clone(), f],
+        };
+        assert_eq!(twice.validate().unwrap_err().reason, "appears twice");
+    }
+
+    #[test]
+    fn a_profile_of_inputs_round_trips_and_a_new_category_reads_as_drift() {
+        let spec = doc_spec();
+        assert_eq!(spec.feature_names(), ["words", "lang"]);
+        let sample: Vec<Doc> = ["en", "en", "en", "de"].into_iter().map(doc).collect();
+        let profile = spec.profile(&sample, 4);
+        assert_eq!(profile.samples, 4);
+        assert_eq!(
+            profile.features[1].categories.as_deref(),
+            Some(&["en", "de"].map(String::from)[..])
+        );
+        assert_eq!(profile.features[1].counts, [3, 1, 0]);
+        // Numeric features keep their old JSON shape (no `categories`).
+        let json = serde_json::to_value(&profile).unwrap();
+        assert!(json["features"][0].get("categories").is_none(), "{json}");
+        assert_eq!(
+            json["features"][1]["categories"],
+            serde_json::json!(["en", "de"])
+        );
+        assert!(json["features"][1].get("edges").is_none(), "{json}");
+        let back: Profile = serde_json::from_value(json).unwrap();
+        assert_eq!(back, profile);
+
+        let meter = opentelemetry::global::meter("drift-categorical-test");
+        let m = DriftMonitor::from_spec(&meter, "docs", doc_spec().reference(profile));
+        for _ in 0..10 {
+            m.observe_input(&doc("ja"));
+        }
+        let psi = m.flush().0.unwrap();
+        // words: reference 4 in the bin of 50 (quantile edges), live all 50.
+        assert!(psi[0] < 1e-9, "{psi:?}");
+        // lang: 75/25/0 vs 0/0/100: (0.0001-0.75)ln(0.0001/0.75)
+        // + (0.0001-0.25)ln(0.0001/0.25) + (1-0.0001)ln(1/0.0001)
+        // = 6.691101 + 1.955229 + 9.209419 = 17.855750
+        assert!((psi[1] - 17.855_750).abs() < 1e-5, "{psi:?}");
+    }
+
+    #[test]
+    fn a_learned_categorical_reference_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reference.json");
+        let meter = opentelemetry::global::meter("drift-categorical-persist-test");
+        let spec = || {
+            doc_spec()
+                .reference_size(4)
+                .window_size(4)
+                .persist_to(&path)
+        };
+        let first = DriftMonitor::from_spec(&meter, "docs", spec());
+        for lang in ["en", "de", "en", "en"] {
+            first.observe_input(&doc(lang));
+        }
+        first.flush();
+        drop(first);
+        let saved = Profile::read(&path).unwrap();
+        assert_eq!(saved.features[1].counts, [3, 1, 0]);
+        let second = DriftMonitor::from_spec(&meter, "docs", spec());
+        second.observe_input(&doc("en"));
+        second.observe_input(&doc("de"));
+        second.observe_input(&doc("en"));
+        second.observe_input(&doc("en"));
+        let psi = second.flush().0.unwrap();
+        assert!(
+            psi[1] < 1e-9,
+            "the same mix as the saved reference: {psi:?}"
         );
     }
 }

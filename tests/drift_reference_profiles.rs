@@ -1,5 +1,6 @@
 //! A drift reference that means something: `pipelens profile` builds one
-//! from a sample of rooms, `pipelens serve --drift-reference` compares live
+//! from a sample of rooms (numeric features at quantiles, the room's shape
+//! by category share), `pipelens serve --drift-reference` compares live
 //! traffic with it from the first run (no learning window, nothing lost on
 //! a restart), and a broken profile stops start-up naming the flag.
 
@@ -69,7 +70,26 @@ fn a_profiled_reference_is_compared_with_live_traffic_from_the_first_run() {
         .iter()
         .map(|f| f["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["room_width", "room_length", "obstacle_density"]);
+    assert_eq!(
+        names,
+        [
+            "room_width",
+            "room_length",
+            "obstacle_density",
+            "room_shape"
+        ]
+    );
+    // The categorical feature: shapes by share, no corridor among offices.
+    let shapes = &profile["features"][3];
+    assert!(shapes.get("edges").is_none(), "{shapes}");
+    let categories: Vec<&str> = shapes["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(categories.contains(&"square"), "{shapes}");
+    assert!(!categories.contains(&"corridor"), "{shapes}");
     for f in profile["features"].as_array().unwrap() {
         let total: u64 = f["counts"]
             .as_array()
@@ -80,7 +100,8 @@ fn a_profiled_reference_is_compared_with_live_traffic_from_the_first_run() {
         assert_eq!(total, 60, "{f}");
     }
 
-    // Serve with it: a few large halls read as drift at once.
+    // Serve with it: a few long corridors read as drift at once, in their
+    // width and in their shape.
     let addr = free_port();
     let mut child = Command::new(BIN)
         .args(["serve", "--addr", &addr.to_string()])
@@ -100,23 +121,26 @@ fn a_profiled_reference_is_compared_with_live_traffic_from_the_first_run() {
             addr,
             "POST",
             "/v1/pipelines/ceiling-layout/runs",
-            r#"{"width": 90, "length": 60}"#,
+            r#"{"width": 90, "length": 10}"#,
         )
         .unwrap();
         assert_eq!(reply.0, 200, "{}", reply.1);
     }
-    let psi = |metrics: &str| -> Option<f64> {
+    let psi = |metrics: &str, feature: &str| -> Option<f64> {
         metrics
             .lines()
-            .find(|l| l.starts_with("ml_feature_drift_psi{") && l.contains("room_width"))
+            .find(|l| {
+                l.starts_with("ml_feature_drift_psi{")
+                    && l.contains(&format!("feature=\"{feature}\""))
+            })
             .and_then(|l| l.rsplit_once(' '))
             .and_then(|(_, v)| v.parse().ok())
     };
     let started = Instant::now();
-    let value = loop {
+    let (width, shape) = loop {
         let metrics = http(addr, "GET", "/metrics", "").unwrap().1;
-        if let Some(v) = psi(&metrics) {
-            break v;
+        if let (Some(w), Some(s)) = (psi(&metrics, "room_width"), psi(&metrics, "room_shape")) {
+            break (w, s);
         }
         assert!(
             started.elapsed() < Duration::from_secs(10),
@@ -126,7 +150,11 @@ fn a_profiled_reference_is_compared_with_live_traffic_from_the_first_run() {
     };
     let _ = child.kill();
     let _ = child.wait();
-    assert!(value > 0.2, "halls against an offices reference: {value}");
+    assert!(
+        width > 0.2,
+        "corridors against an offices reference: {width}"
+    );
+    assert!(shape > 0.2, "a shape the reference never saw: {shape}");
 }
 
 #[test]

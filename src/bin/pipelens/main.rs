@@ -435,12 +435,12 @@ async fn profile(
 ) -> anyhow::Result<()> {
     let reader = batch::open_input(input)?.reader;
     let mut items = pipelens::batch::read_json(reader, planner::room_from_value);
-    let mut samples = Vec::new();
+    let mut rooms = Vec::new();
     let mut skipped = 0u64;
     while let Some(item) = items.recv().await {
         let item = item.with_context(|| format!("--input {}", input.display()))?;
         match item.input {
-            Ok(room) => samples.push(planner::features(&room).to_vec()),
+            Ok(room) => rooms.push(ceiling::Layout::empty(room)),
             Err(e) => {
                 skipped += 1;
                 eprintln!(
@@ -451,20 +451,19 @@ async fn profile(
             }
         }
     }
-    if samples.is_empty() {
+    if rooms.is_empty() {
         bail!(
             "--input {}: no valid room to build a profile from",
             input.display()
         );
     }
-    let names: Vec<&str> = planner::drift_features().iter().map(|f| f.name).collect();
-    let profile = pipelens::drift::Profile::from_samples(&names, &samples, bins);
+    let profile = planner::drift_spec().profile(&rooms, bins);
     profile
         .write(out)
         .with_context(|| format!("cannot write --out {}", out.display()))?;
     eprintln!(
         "profile of {} rooms ({skipped} skipped) written to {}",
-        samples.len(),
+        rooms.len(),
         out.display()
     );
     Ok(())

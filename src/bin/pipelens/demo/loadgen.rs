@@ -773,13 +773,17 @@ mod tests {
     /// and then live traffic: the realistic mix stays stable, halls drift.
     fn psi_after(live: Mix) -> Vec<f64> {
         use crate::demo::planner;
-        let mut window = pipelens::drift::DriftWindow::new(planner::drift_features(), 200, 200);
+        let mut window = pipelens::drift::DriftWindow::new(planner::drift_features(), 200, 200)
+            .categorical(&[planner::ROOM_SHAPE]);
         let mut rng = StdRng::seed_from_u64(3);
         for i in 0..400 {
             let mix = if i < 200 { Mix::Realistic } else { live };
             let body = room(&mut rng, mix).to_string();
             let room = planner::parse_room(body.as_bytes()).unwrap();
-            window.record(&planner::features(&room));
+            window.record_with(
+                &planner::features(&room),
+                &[planner::shape(&room).to_owned()],
+            );
         }
         window
             .psi()

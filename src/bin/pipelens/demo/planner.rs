@@ -50,11 +50,9 @@ pub fn pipeline_with_reference(
     stored: Option<pipelens::drift::Profile>,
     save_to: Option<std::path::PathBuf>,
 ) -> Result<Pipeline<Layout, Layout>, BuildError> {
-    let mut drift = DriftSpec::new(drift_features(), |layout: &Layout| {
-        features(&layout.room).to_vec()
-    })
-    .reference_size(drift_reference)
-    .window_size(drift_reference);
+    let mut drift = drift_spec()
+        .reference_size(drift_reference)
+        .window_size(drift_reference);
     if let Some(profile) = stored {
         drift = drift.reference(profile);
     } else if let Some(path) = save_to {
@@ -132,7 +130,34 @@ pub fn room_from_value(value: serde_json::Value) -> Result<Room, FieldError> {
     request.into_room()
 }
 
-/// The features whose drift is tracked, in the order of [`features`].
+/// The drift features of a run's input: the numeric [`drift_features`]
+/// read by [`features`], and the categorical [`ROOM_SHAPE`] read by
+/// [`shape`].
+pub fn drift_spec() -> DriftSpec<Layout> {
+    DriftSpec::new(drift_features(), |layout: &Layout| {
+        features(&layout.room).to_vec()
+    })
+    .categorical(ROOM_SHAPE, |layout: &Layout| shape(&layout.room).to_owned())
+}
+
+/// The categorical drift feature: the room's shape.
+pub const ROOM_SHAPE: &str = "room_shape";
+
+/// The room's shape from the ratio of its long side to its short side:
+/// `square` up to 1.5, `oblong` up to 4, `corridor` beyond.
+pub fn shape(room: &Room) -> &'static str {
+    let (w, l) = (f64::from(room.width()), f64::from(room.length()));
+    let ratio = w.max(l) / w.min(l);
+    if ratio <= 1.5 {
+        "square"
+    } else if ratio <= 4.0 {
+        "oblong"
+    } else {
+        "corridor"
+    }
+}
+
+/// The numeric features whose drift is tracked, in the order of [`features`].
 pub fn drift_features() -> Vec<Feature> {
     let sides = vec![4.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0];
     vec![
