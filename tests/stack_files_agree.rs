@@ -408,6 +408,40 @@ fn container_paths_in_configs_resolve_through_mounts() {
                 }
             }
         }
+        // The learned drift reference is written at run time into a
+        // read-only container: it must land on a named volume, or it would
+        // fail to save (and a new container would forget it).
+        match environment(p).get("PIPELENS_DRIFT_REFERENCE") {
+            None => problems.push(
+                "pipelens: PIPELENS_DRIFT_REFERENCE is unset, so the drift reference is \
+                 learned again on every restart"
+                    .to_owned(),
+            ),
+            Some(file) => {
+                let dir = std::path::Path::new(file)
+                    .parent()
+                    .and_then(|d| d.to_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                let (_, named) = service_volumes(p);
+                let on_volume = p["volumes"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(yaml_str)
+                    .filter_map(|v| {
+                        let (source, target) = v.split_once(':')?;
+                        Some((source.to_owned(), target.split(':').next()?.to_owned()))
+                    })
+                    .any(|(source, target)| named.contains(&source) && target == dir);
+                if !on_volume {
+                    problems.push(format!(
+                        "pipelens: PIPELENS_DRIFT_REFERENCE {file} is not in a directory a \
+                         named volume is mounted on"
+                    ));
+                }
+            }
+        }
     }
     assert_no_problems("container paths do not resolve", &problems);
 }
