@@ -351,21 +351,34 @@ async fn prediction_drift_follows_the_selected_confidence_and_model() {
     for _ in 0..30 {
         pipeline.run(0.9).await.unwrap();
     }
-    let settle = || tokio::time::sleep(Duration::from_millis(200));
-    settle().await;
+    let settle = || tokio::time::sleep(Duration::from_millis(50));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ["confidence", "selected_model"]
+        .iter()
+        .any(|s| psi(s).is_none())
+        && std::time::Instant::now() < deadline
+    {
+        settle().await;
+    }
     assert_eq!(psi("confidence"), Some(0.0));
     assert_eq!(psi("selected_model"), Some(0.0));
     // Then `steady` wins at 0.5: both distributions moved.
     for _ in 0..20 {
         pipeline.run(0.2).await.unwrap();
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while psi("selected_model").unwrap_or(0.0) < 0.2 && std::time::Instant::now() < deadline {
-        settle().await;
-    }
     // Every live sample sits in a bin that was empty in the reference:
     // ln(1 / 0.0001) = 9.21 for the move out of the old bin and into the new.
+    // The drift thread folds the samples in on its own time: wait until the
+    // whole live window has moved (or the deadline).
     let moved = 2.0 * (1.0 - 1e-4) * (1.0f64 / 1e-4).ln();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ["confidence", "selected_model"]
+        .iter()
+        .any(|s| (psi(s).unwrap_or(0.0) - moved).abs() > 1e-6)
+        && std::time::Instant::now() < deadline
+    {
+        settle().await;
+    }
     for signal in ["confidence", "selected_model"] {
         let value = psi(signal).unwrap();
         assert!((value - moved).abs() < 1e-6, "{signal}: {value} vs {moved}");
