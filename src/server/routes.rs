@@ -36,14 +36,19 @@ pub(crate) async fn create_run(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if !is_json(&headers) {
+    endpoint.run(json_body(&headers, body)?).await
+}
+
+/// A JSON request's body, or why it cannot be read: 415 for another
+/// content type, the body rejection's own status (413, 400) otherwise.
+fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    if !is_json(headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let body = body.map_err(|e| ApiError::Body {
+    body.map_err(|e| ApiError::Body {
         status: e.status(),
         message: e.body_text(),
-    })?;
-    endpoint.run(body).await
+    })
 }
 
 /// `POST /v1/pipelines/{name}/runs/{run_id}/feedback` of a served
@@ -54,14 +59,7 @@ pub(crate) async fn create_feedback(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    if !is_json(&headers) {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    let body = body.map_err(|e| ApiError::Body {
-        status: e.status(),
-        message: e.body_text(),
-    })?;
-    endpoint.feedback(&run_id, &body)
+    endpoint.feedback(&run_id, &json_body(&headers, body)?)
 }
 
 /// `POST /v1/pipelines/{name}/runs` for a name that is not served.

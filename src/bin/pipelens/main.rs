@@ -496,41 +496,37 @@ mod tests {
         Cli::try_parse_from(argv).map(|cli| cli.command)
     }
 
-    #[test]
-    fn loadgen_sentiment_flags_have_their_defaults() {
-        let Ok(Command::Loadgen {
-            sentiment_share,
-            feedback_share,
-            feedback_delay_secs,
-            degrade_model,
-            degrade_share,
-            ..
-        }) = loadgen_args(&[])
-        else {
-            panic!("loadgen without flags must parse");
-        };
-        assert_eq!(
-            (
+    /// The sentiment flags of a loadgen command line: shares of sentiment,
+    /// feedback and degraded reviews, the feedback delay, the degraded model.
+    fn sentiment_flags(args: &[&str]) -> (f64, f64, f64, f64, Degrade) {
+        match loadgen_args(args) {
+            Ok(Command::Loadgen {
                 sentiment_share,
                 feedback_share,
                 feedback_delay_secs,
-                degrade_share
+                degrade_model,
+                degrade_share,
+                ..
+            }) => (
+                sentiment_share,
+                feedback_share,
+                degrade_share,
+                feedback_delay_secs,
+                degrade_model,
             ),
-            (0.25, 0.5, 10.0, 0.5)
-        );
-        assert_eq!(degrade_model, Degrade(None));
+            Ok(_) => unreachable!("loadgen_args parses a loadgen command"),
+            Err(e) => panic!("{args:?} must parse: {e}"),
+        }
+    }
+
+    #[test]
+    fn loadgen_sentiment_flags_have_their_defaults() {
+        assert_eq!(sentiment_flags(&[]), (0.25, 0.5, 0.5, 10.0, Degrade(None)));
     }
 
     #[test]
     fn loadgen_sentiment_flags_parse() {
-        let Ok(Command::Loadgen {
-            sentiment_share,
-            feedback_share,
-            feedback_delay_secs,
-            degrade_model,
-            degrade_share,
-            ..
-        }) = loadgen_args(&[
+        let flags = sentiment_flags(&[
             "--sentiment-share",
             "1",
             "--feedback-share",
@@ -541,20 +537,11 @@ mod tests {
             "naive_bayes",
             "--degrade-share",
             "0.8",
-        ])
-        else {
-            panic!("valid flags must parse");
-        };
+        ]);
         assert_eq!(
-            (
-                sentiment_share,
-                feedback_share,
-                feedback_delay_secs,
-                degrade_share
-            ),
-            (1.0, 0.0, 0.25, 0.8)
+            flags,
+            (1.0, 0.0, 0.8, 0.25, Degrade(Some(Candidate::NaiveBayes)))
         );
-        assert_eq!(degrade_model, Degrade(Some(Candidate::NaiveBayes)));
         for name in ["lexicon", "naive_bayes", "remote_logistic", "none"] {
             assert!(loadgen_args(&["--degrade-model", name]).is_ok(), "{name}");
         }
