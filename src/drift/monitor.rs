@@ -84,6 +84,9 @@ impl<In> DriftMonitor<In> {
             .into_iter()
             .map(|(name, f)| (f, name))
             .unzip();
+        if let Some(profile) = &stored {
+            warn_about_kinds(profile, &spec.features, &category_names);
+        }
         let window = match &stored {
             Some(profile) => DriftWindow::from_profile(spec.features, profile, spec.window_size),
             None => DriftWindow::new(spec.features, spec.reference_size, spec.window_size),
@@ -185,6 +188,25 @@ pub(crate) fn prediction_monitor(
         .window_size(window_size)
         .publish_every(every);
     DriftMonitor::start(meter, pipeline, spec, gauge, labels)
+}
+
+/// Warns about each watched feature the profile holds with the other kind
+/// (numeric against categorical): it is compared with nothing, so its PSI
+/// reads 0.
+fn warn_about_kinds(profile: &Profile, numeric: &[Feature], categorical: &[&'static str]) {
+    let kinds = numeric
+        .iter()
+        .map(|f| (f.name, false))
+        .chain(categorical.iter().map(|name| (*name, true)));
+    for (name, is_categorical) in kinds {
+        let stored = profile.features.iter().find(|p| p.name == name);
+        if stored.is_some_and(|p| p.categories.is_some() != is_categorical) {
+            tracing::warn!(
+                feature = name,
+                "drift reference holds this feature with another kind (numeric or categorical); its drift reads 0"
+            );
+        }
+    }
 }
 
 /// The drift thread: folds samples in, publishes the PSI every `every`,

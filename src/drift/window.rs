@@ -330,4 +330,26 @@ mod tests {
         // The reference's category list is frozen: fr stays "other".
         assert_eq!(w.profile().unwrap().features[0].counts, [5, 5, 0]);
     }
+
+    #[test]
+    fn a_profile_feature_of_the_other_kind_is_compared_with_nothing() {
+        let profile = Profile {
+            samples: 10,
+            features: vec![
+                Profile::categorical_feature("x", &vec!["a".to_owned(); 10]),
+                FeatureProfile {
+                    name: "lang".into(),
+                    edges: vec![1.0],
+                    categories: None,
+                    counts: vec![5, 5],
+                },
+            ],
+        };
+        let mut w = DriftWindow::from_profile(one_feature(), &profile, 10).categorical(&["lang"]);
+        w.record_with(&[99.0], &["fr".to_owned()]);
+        assert_eq!(w.psi().unwrap(), [0.0, 0.0]);
+        let kept = w.profile().unwrap();
+        assert_eq!(kept.features[0].edges, [10.0], "the spec's own bins");
+        assert_eq!(kept.features[1].categories.as_deref(), Some(&[][..]));
+    }
 }
