@@ -68,7 +68,13 @@ impl<In> DriftMonitor<In> {
         labels: Vec<Vec<KeyValue>>,
     ) -> Self {
         let stored = match (&spec.reference, &spec.persist_to) {
-            (Some(profile), _) => Some(profile.clone()),
+            (Some(profile), _) => match profile.validate() {
+                Ok(()) => Some(profile.clone()),
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "drift reference unusable; learning it instead");
+                    None
+                }
+            },
             (None, Some(path)) if path.exists() => match Profile::read(path) {
                 Ok(profile) => Some(profile),
                 Err(e) => {

@@ -51,8 +51,14 @@ impl Tracked {
             return;
         };
         let bins = match (&self.bins, &p.categories) {
-            (Bins::Edges(_), None) => Bins::Edges(p.edges.clone()),
-            (Bins::Categories(_), Some(c)) => Bins::Categories(c.clone()),
+            (Bins::Edges(_), None) if p.counts.len() == p.edges.len() + 1 => {
+                Bins::Edges(p.edges.clone())
+            }
+            (Bins::Categories(_), Some(c)) if p.counts.len() == c.len() + 1 => {
+                Bins::Categories(c.clone())
+            }
+            // The other kind, or counts that do not fit the bins (a profile
+            // that `Profile::validate` would refuse): compared with nothing.
             _ => return,
         };
         self.bins = bins;
@@ -202,8 +208,11 @@ impl DriftWindow {
                     f.bin_of_number(values.get(i).copied().unwrap_or(f64::NAN))
                         .unwrap_or(0)
                 } else {
-                    let category = categories.get(i - numeric).map_or("", String::as_str);
-                    f.bin_of_category(category, learning)
+                    // A missing category is "other", never learned.
+                    match categories.get(i - numeric) {
+                        Some(category) => f.bin_of_category(category, learning),
+                        None => f.reference.len() - 1,
+                    }
                 }
             })
             .collect();
@@ -351,5 +360,34 @@ mod tests {
         let kept = w.profile().unwrap();
         assert_eq!(kept.features[0].edges, [10.0], "the spec's own bins");
         assert_eq!(kept.features[1].categories.as_deref(), Some(&[][..]));
+    }
+
+    #[test]
+    fn a_missing_category_is_other_and_never_learned() {
+        let mut w = DriftWindow::new(one_feature(), 2, 2).categorical(&["lang"]);
+        w.record(&[1.0]);
+        w.record_with(&[1.0], &["en".to_owned()]);
+        let reference = w.profile().unwrap();
+        assert_eq!(
+            reference.features[1].categories.as_deref(),
+            Some(&["en".to_owned()][..])
+        );
+        assert_eq!(reference.features[1].counts, [1, 1], "en, then other");
+    }
+
+    #[test]
+    fn a_profile_whose_counts_do_not_fit_its_bins_is_not_adopted() {
+        let profile = Profile {
+            samples: 5,
+            features: vec![FeatureProfile {
+                name: "x".into(),
+                edges: vec![10.0],
+                categories: None,
+                counts: vec![5],
+            }],
+        };
+        let mut w = DriftWindow::from_profile(one_feature(), &profile, 4);
+        w.record(&[99.0]);
+        assert_eq!(w.psi().unwrap(), [0.0]);
     }
 }

@@ -153,7 +153,7 @@ impl Rule {
                 let allowed = self.tolerance.max(self.relative_tolerance * t.abs());
                 Verdict {
                     // A NaN answer is never correct.
-                    correct: error <= allowed,
+                    correct: error.is_finite() && error <= allowed,
                     absolute_error: error.is_finite().then_some(error),
                 }
             }
@@ -216,8 +216,13 @@ mod tests {
     }
 
     #[test]
-    fn nan_answers_are_wrong_and_record_no_error() {
+    fn nan_and_infinite_answers_are_wrong_and_record_no_error() {
         let v = value_rule(1e9, 1.0).verdict(&Answer::Value(f64::NAN), &Answer::Value(1.0));
+        assert!(!v.correct);
+        assert_eq!(v.absolute_error, None);
+        // An infinite error is wrong even under an infinite tolerance.
+        let v = value_rule(f64::INFINITY, 0.0)
+            .verdict(&Answer::Value(f64::INFINITY), &Answer::Value(1.0));
         assert!(!v.correct);
         assert_eq!(v.absolute_error, None);
     }
