@@ -191,7 +191,7 @@ impl<In: Send + Sync + 'static, Out: Send + 'static> BoundModel<In, Out> {
             ),
         };
         let seconds = duration.as_secs_f64();
-        self.metrics.execution(outcome, seconds);
+        self.metrics.execution(outcome, seconds, span);
         let name = self.state.name.as_str();
         let report = |confidence, components, error| ModelReport {
             model_name: self.state.name.clone(),

@@ -6,6 +6,7 @@ use opentelemetry::KeyValue;
 
 use super::report::Outcome;
 use crate::names;
+use crate::telemetry::exemplars::{self, Series};
 
 /// Bucket boundaries (seconds) for model and pipeline durations: 100 µs to 10 s.
 pub(crate) const DURATION_BUCKETS: [f64; 16] = [
@@ -129,6 +130,8 @@ pub(crate) struct ModelInstruments {
     /// `pipeline, stage, model_name, outcome`, in `Outcome::ALL` order.
     executions: [BoundCounter<u64>; 4],
     duration: BoundHistogram<f64>,
+    /// Where the duration's exemplars go.
+    duration_series: Series,
     /// `pipeline, model_name`; only for models that report a confidence.
     confidence: Option<BoundHistogram<f64>>,
     /// `pipeline, stage, model_name`; only in parallel stages, which select.
@@ -170,6 +173,10 @@ impl ModelInstruments {
             duration: ins
                 .execution_duration
                 .bind(&[p.clone(), s.clone(), m.clone()]),
+            duration_series: Series::new(
+                names::PROM_MODEL_EXECUTION_DURATION,
+                &[p.clone(), s.clone(), m.clone()],
+            ),
             confidence: scored.then(|| ins.confidence.bind(&[p.clone(), m.clone()])),
             selected: selects.then(|| ins.selected.bind(&[p.clone(), s.clone(), m.clone()])),
             errors: ERROR_TYPES.map(|e| {
@@ -183,10 +190,12 @@ impl ModelInstruments {
         }
     }
 
-    /// One execution ended with `outcome` after `seconds`.
-    pub(crate) fn execution(&self, outcome: Outcome, seconds: f64) {
+    /// One execution ended with `outcome` after `seconds`, in `span` (the
+    /// duration's exemplar).
+    pub(crate) fn execution(&self, outcome: Outcome, seconds: f64, span: &tracing::Span) {
         self.executions[outcome as usize].add(1);
         self.duration.record(seconds);
+        exemplars::offer(&self.duration_series, seconds, span);
     }
 
     /// A successful execution's confidence. The latest-value gauge is not

@@ -26,6 +26,7 @@ use super::report::{Outcome, RunReport, StageKind, StageReport};
 use super::stage::Stage;
 use crate::drift::{DriftMonitor, DriftSpec};
 use crate::names;
+use crate::telemetry::exemplars::{self, Series};
 
 type BindChain<In, Out> =
     Box<dyn FnOnce(&Binder) -> Result<Box<dyn StageChain<In, Out>>, BuildError> + Send>;
@@ -147,6 +148,10 @@ where
         let run_duration = instruments
             .run_duration
             .bind(std::slice::from_ref(&pipeline_kv));
+        let run_series = Series::new(
+            names::PROM_PIPELINE_DURATION,
+            std::slice::from_ref(&pipeline_kv),
+        );
         let runs = [names::OUTCOME_SUCCESS, names::OUTCOME_FAILURE].map(|o| {
             instruments
                 .runs
@@ -180,6 +185,7 @@ where
                 stages,
                 runs,
                 run_duration,
+                run_series,
                 drift,
                 predictions,
                 judged,
@@ -210,6 +216,8 @@ struct Inner<In, Out> {
     /// `pipeline, outcome` for success and failure.
     runs: [BoundCounter<u64>; 2],
     run_duration: BoundHistogram<f64>,
+    /// Where the run duration's exemplars go.
+    run_series: Series,
     drift: Option<DriftMonitor<In>>,
     /// Prediction drift of the parallel stages, when drift is watched.
     predictions: Option<DriftMonitor<()>>,
@@ -432,7 +440,7 @@ where
         let mut stages = Vec::with_capacity(inner.stages.len());
         match inner.chain.run(&inner.env, input, &mut stages).await {
             Some(output) => {
-                let duration = self.finish(started, 0);
+                let duration = self.finish(started, 0, span);
                 span.record("pipeline.outcome", names::OUTCOME_SUCCESS);
                 // The one INFO line of a successful run: what won each
                 // parallel stage; per-model lines are DEBUG.
@@ -473,7 +481,7 @@ where
                 span.record("pipeline.outcome", names::OUTCOME_FAILURE);
                 span.record("otel.status_code", "ERROR");
                 span.record("otel.status_description", message.as_str());
-                self.finish(started, 1);
+                self.finish(started, 1, span);
                 tracing::error!(
                     pipeline.name = pipeline,
                     stage.name = error.stage(),
@@ -534,11 +542,14 @@ where
         self.inner.judged.iter().map(|j| j.name.clone()).collect()
     }
 
-    /// Records the run's outcome (`0` success, `1` failure) and duration.
-    fn finish(&self, started: Instant, outcome: usize) -> Duration {
+    /// Records the run's outcome (`0` success, `1` failure) and duration,
+    /// offering the run's `span` as the duration's exemplar.
+    fn finish(&self, started: Instant, outcome: usize, span: &Span) -> Duration {
         let duration = started.elapsed();
+        let seconds = duration.as_secs_f64();
         self.inner.runs[outcome].add(1);
-        self.inner.run_duration.record(duration.as_secs_f64());
+        self.inner.run_duration.record(seconds);
+        exemplars::offer(&self.inner.run_series, seconds, span);
         duration
     }
 }

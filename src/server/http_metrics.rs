@@ -18,6 +18,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::error::{ApiError, Refused, ServerErrorCause};
 use crate::names;
+use crate::telemetry::exemplars::{self, Series};
 
 /// Bucket boundaries (seconds) for request durations: the semantic
 /// conventions' advice, extended down to 0.5 ms since runs are fast.
@@ -184,9 +185,12 @@ pub(crate) async fn observe(
         names::HTTP_RESPONSE_STATUS_CODE,
         i64::from(status.as_u16()),
     ));
-    layer
-        .duration
-        .record(started.elapsed().as_secs_f64(), &attrs);
+    let seconds = started.elapsed().as_secs_f64();
+    layer.duration.record(seconds, &attrs);
+    if exemplars::active() {
+        let series = Series::new(names::PROM_HTTP_SERVER_REQUEST_DURATION, &attrs);
+        exemplars::offer(&series, seconds, &span);
+    }
 
     span.record("http.response.status_code", status.as_u16());
     if let Some(value) = traceresponse(&span) {

@@ -14,7 +14,10 @@ use serde_json::json;
 use super::endpoint::Endpoint;
 use super::error::ApiError;
 use super::AppState;
-use crate::telemetry::{encode_metrics, METRICS_CONTENT_TYPE};
+use crate::telemetry::{
+    encode_metrics, encode_openmetrics, wants_openmetrics, METRICS_CONTENT_TYPE,
+    OPENMETRICS_CONTENT_TYPE,
+};
 
 fn is_json(headers: &HeaderMap) -> bool {
     headers
@@ -145,12 +148,30 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// `GET /metrics`: every metric in the Prometheus text format.
-pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
-    let text = tokio::task::spawn_blocking(move || encode_metrics(&state.registry))
-        .await
-        .unwrap_or_default();
-    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response()
+/// `GET /metrics`: every metric in OpenMetrics text with exemplars when
+/// the scraper accepts it (Prometheus does by default), else in the
+/// Prometheus text format 0.0.4. Same series and values either way.
+pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(wants_openmetrics);
+    let text = tokio::task::spawn_blocking(move || {
+        if openmetrics {
+            encode_openmetrics(&state.registry)
+        } else {
+            encode_metrics(&state.registry)
+        }
+    })
+    .await
+    .unwrap_or_default();
+    let content_type = if openmetrics {
+        OPENMETRICS_CONTENT_TYPE
+    } else {
+        METRICS_CONTENT_TYPE
+    };
+    ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
 /// Any other path.

@@ -10,6 +10,8 @@ use std::collections::HashMap;
 
 use opentelemetry_sdk::trace::Sampler;
 
+use super::sampling::{HoldLimits, SlowThreshold};
+
 /// How log events are printed on stdout.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LogFormat {
@@ -85,6 +87,19 @@ pub struct TelemetryConfig {
     /// `OTEL_SDK_DISABLED=true`: no spans, no OTLP export; stdout logs and
     /// /metrics stay on because the service's health depends on them.
     pub sdk_disabled: bool,
+    /// Tail sampling: the random share of the traces that are neither
+    /// failed, slow nor sampled upstream (`PIPELENS_TRACES_KEEP_RATIO`,
+    /// 0.0–1.0, default 1.0: keep everything). Applies after the head
+    /// sampler ([`TelemetryConfig::sampler`]) and only to exported traces.
+    pub traces_keep_ratio: f64,
+    /// Tail sampling: runs slower than this are kept
+    /// (`PIPELENS_TRACES_KEEP_SLOWER_THAN`: `250ms`, `1s`, `p99`, `p95` or
+    /// `off`; default `p99`, each pipeline's own recent 99th percentile).
+    pub traces_keep_slower_than: SlowThreshold,
+    /// Tail sampling: how much is held while traces run
+    /// (`PIPELENS_TRACES_MAX_HELD`, `PIPELENS_TRACES_MAX_SPANS`,
+    /// `PIPELENS_TRACES_HOLD_TIMEOUT`).
+    pub traces_hold: HoldLimits,
 }
 
 /// A sampler named as `OTEL_TRACES_SAMPLER` names them.
@@ -134,6 +149,9 @@ impl Default for TelemetryConfig {
             resource_attributes: Vec::new(),
             sampler: SamplerConfig::ParentBasedAlwaysOn,
             sdk_disabled: false,
+            traces_keep_ratio: 1.0,
+            traces_keep_slower_than: SlowThreshold::default(),
+            traces_hold: HoldLimits::default(),
         }
     }
 }
@@ -173,6 +191,7 @@ impl TelemetryConfig {
         }
         config.sampler = sampler_from(get("OTEL_TRACES_SAMPLER"), get("OTEL_TRACES_SAMPLER_ARG"))?;
         config.traces = otlp_target(&get, "TRACES", "OTEL_TRACES_EXPORTER", "/v1/traces")?;
+        tail_sampling_from(&get, &mut config)?;
         config.logs = otlp_target(&get, "LOGS", "OTEL_LOGS_EXPORTER", "/v1/logs")?;
         config.metrics = match get("OTEL_METRICS_EXPORTER") {
             None | Some("prometheus") | Some("none") => None,
@@ -209,6 +228,43 @@ impl TelemetryConfig {
         }
         Ok(config)
     }
+}
+
+/// Reads the `PIPELENS_TRACES_*` tail-sampling variables into `config`.
+fn tail_sampling_from<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+    config: &mut TelemetryConfig,
+) -> Result<(), ConfigError> {
+    const RATIO: &str = "PIPELENS_TRACES_KEEP_RATIO";
+    const SLOWER: &str = "PIPELENS_TRACES_KEEP_SLOWER_THAN";
+    if let Some(r) = get(RATIO) {
+        config.traces_keep_ratio = match r.parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => r,
+            _ => return Err(invalid(RATIO, r, "expected a ratio between 0.0 and 1.0")),
+        };
+    }
+    if let Some(t) = get(SLOWER) {
+        config.traces_keep_slower_than =
+            SlowThreshold::parse(t).map_err(|reason| invalid(SLOWER, t, &reason))?;
+    }
+    let positive = |var: &str| -> Result<Option<u64>, ConfigError> {
+        get(var)
+            .map(|v| match v.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(invalid(var, v, "expected a positive whole number")),
+            })
+            .transpose()
+    };
+    if let Some(n) = positive("PIPELENS_TRACES_MAX_HELD")? {
+        config.traces_hold.max_traces = n as usize;
+    }
+    if let Some(n) = positive("PIPELENS_TRACES_MAX_SPANS")? {
+        config.traces_hold.max_items_per_trace = n as usize;
+    }
+    if let Some(n) = positive("PIPELENS_TRACES_HOLD_TIMEOUT")? {
+        config.traces_hold.timeout = std::time::Duration::from_secs(n);
+    }
+    Ok(())
 }
 
 fn invalid(variable: &str, value: &str, reason: &str) -> ConfigError {
@@ -435,6 +491,12 @@ mod tests {
             ("OTEL_SDK_DISABLED", "yes"),
             ("OTEL_TRACES_SAMPLER", "sometimes"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("PIPELENS_TRACES_KEEP_RATIO", "1.5"),
+            ("PIPELENS_TRACES_KEEP_RATIO", "some"),
+            ("PIPELENS_TRACES_KEEP_SLOWER_THAN", "fast"),
+            ("PIPELENS_TRACES_MAX_HELD", "0"),
+            ("PIPELENS_TRACES_MAX_SPANS", "-1"),
+            ("PIPELENS_TRACES_HOLD_TIMEOUT", "soon"),
         ];
         for (var, value) in cases {
             let err = config(&[
@@ -453,6 +515,34 @@ mod tests {
         assert_eq!(err.variable, "OTEL_TRACES_SAMPLER_ARG");
         let err = config(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "jaeger:4317")]).unwrap_err();
         assert_eq!(err.variable, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    }
+
+    #[test]
+    fn tail_sampling_is_read_and_keeps_everything_by_default() {
+        let d = config(&[]).unwrap();
+        assert_eq!(d.traces_keep_ratio, 1.0);
+        assert_eq!(d.traces_keep_slower_than, SlowThreshold::Quantile(0.99));
+        let c = config(&[
+            ("PIPELENS_TRACES_KEEP_RATIO", "0.1"),
+            ("PIPELENS_TRACES_KEEP_SLOWER_THAN", "250ms"),
+            ("PIPELENS_TRACES_MAX_HELD", "100"),
+            ("PIPELENS_TRACES_MAX_SPANS", "64"),
+            ("PIPELENS_TRACES_HOLD_TIMEOUT", "5"),
+        ])
+        .unwrap();
+        assert_eq!(c.traces_keep_ratio, 0.1);
+        assert_eq!(
+            c.traces_keep_slower_than,
+            SlowThreshold::Duration(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(
+            c.traces_hold,
+            HoldLimits {
+                max_traces: 100,
+                max_items_per_trace: 64,
+                timeout: std::time::Duration::from_secs(5),
+            }
+        );
     }
 
     #[test]

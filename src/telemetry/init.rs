@@ -3,6 +3,7 @@
 //! provider behind the Prometheus exporter, and the W3C propagator.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry::trace::TracerProvider as _;
@@ -22,8 +23,10 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use super::config::{ConfigError, LogFormat, TelemetryConfig};
 use super::error::TelemetryError;
+use super::exemplars;
 use super::json::JsonLayer;
 use super::otlp;
+use super::sampling;
 
 /// Targets that must never feed the OTel layers: the exporters' own HTTP and
 /// gRPC stacks and the OTel crates' internal logs would otherwise export
@@ -112,12 +115,21 @@ where
 
     let mut tracer_provider = None;
     let mut logger_provider = None;
+    let mut tail: Option<Arc<sampling::State>> = None;
     if !config.sdk_disabled {
         let mut builder = SdkTracerProvider::builder()
             .with_resource(resource.clone())
             .with_sampler(config.sampler.to_sampler());
         if let Some(target) = &config.traces {
-            builder = builder.with_span_processor(otlp::span_processor(target, &meter)?);
+            let policy = sampling::Policy {
+                ratio: config.traces_keep_ratio,
+                slow: config.traces_keep_slower_than,
+                limits: config.traces_hold,
+            };
+            let export = otlp::span_processor(target, &meter)?;
+            let state = sampling::tail_sampling(policy, export, &resource, &meter);
+            builder = builder.with_span_processor(sampling::TailSpans(Arc::clone(&state)));
+            tail = Some(state);
         }
         let provider = builder.build();
         let tracer = provider.tracer("pipelens");
@@ -144,10 +156,13 @@ where
         tracer_provider = Some(provider);
 
         if let Some(target) = &config.logs {
-            let provider = SdkLoggerProvider::builder()
-                .with_resource(resource)
-                .with_log_processor(otlp::log_processor(target, &meter)?)
-                .build();
+            let export = otlp::log_processor(target, &meter)?;
+            let builder = SdkLoggerProvider::builder().with_resource(resource.clone());
+            let provider = match &tail {
+                Some(state) => builder.with_log_processor(state.logs(export, &resource)),
+                None => builder.with_log_processor(export),
+            }
+            .build();
             layers.push(
                 OpenTelemetryTracingBridge::new(&provider)
                     .with_filter(otel_filter(&config.log_filter)?)
@@ -162,6 +177,9 @@ where
         .try_init()
         .map_err(|e| TelemetryError::SubscriberAlreadySet(e.to_string()))?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    if let Some(state) = tail {
+        exemplars::install(state);
+    }
     opentelemetry::global::set_meter_provider(meter_provider.clone());
 
     Ok(Telemetry {

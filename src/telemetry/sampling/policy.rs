@@ -1,0 +1,255 @@
+//! What tail sampling keeps: the settings (`PIPELENS_TRACES_KEEP_*`), the
+//! decision's reasons, and the random share by trace id.
+
+use std::time::Duration;
+
+use opentelemetry::trace::TraceId;
+
+/// When a run counts as slow, and so is kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SlowThreshold {
+    /// Slower than a fixed duration (`250ms`, `1s`).
+    Duration(Duration),
+    /// Slower than the recent quantile of the same root (`p99` is `0.99`):
+    /// the same pipeline's or route's own runs, estimated in bounded memory.
+    Quantile(f64),
+    /// No run is kept for being slow (`off`).
+    Off,
+}
+
+impl Default for SlowThreshold {
+    /// `p99`: the slowest percent of each pipeline's runs.
+    fn default() -> Self {
+        Self::Quantile(0.99)
+    }
+}
+
+impl SlowThreshold {
+    /// Parses `250ms`, `1s`, `1.5s`, `500us`, `p99`, `p99.9`, `p95` or `off`.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let v = value.trim();
+        if v.eq_ignore_ascii_case("off") || v.eq_ignore_ascii_case("none") {
+            return Ok(Self::Off);
+        }
+        if let Some(q) = v.strip_prefix(['p', 'P']) {
+            return match q.parse::<f64>() {
+                Ok(q) if q > 0.0 && q < 100.0 => Ok(Self::Quantile(q / 100.0)),
+                _ => Err("expected a quantile between p0 and p100 such as p99".to_owned()),
+            };
+        }
+        let (number, scale) = if let Some(n) = v.strip_suffix("ms") {
+            (n, 1e-3)
+        } else if let Some(n) = v.strip_suffix("us").or_else(|| v.strip_suffix("µs")) {
+            (n, 1e-6)
+        } else if let Some(n) = v.strip_suffix('s') {
+            (n, 1.0)
+        } else {
+            return Err(
+                "expected a duration such as 250ms or 1s, a quantile such as p99, or off"
+                    .to_owned(),
+            );
+        };
+        match number.trim().parse::<f64>() {
+            Ok(n) if n.is_finite() && n >= 0.0 => {
+                Ok(Self::Duration(Duration::from_secs_f64(n * scale)))
+            }
+            _ => Err("expected a non-negative duration such as 250ms or 1s".to_owned()),
+        }
+    }
+}
+
+/// Bounds on what tail sampling holds while traces are in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldLimits {
+    /// At most this many traces held at once (`PIPELENS_TRACES_MAX_HELD`,
+    /// default 4096); a new trace past it is decided at once.
+    pub max_traces: usize,
+    /// At most this many spans and log records held per trace
+    /// (`PIPELENS_TRACES_MAX_SPANS`, default 512); past it the trace is
+    /// decided at once and the rest follow the decision.
+    pub max_items_per_trace: usize,
+    /// A trace whose local root has not ended this long after its first
+    /// span is decided and evicted (`PIPELENS_TRACES_HOLD_TIMEOUT`, in
+    /// seconds, default 30).
+    pub timeout: Duration,
+}
+
+impl Default for HoldLimits {
+    fn default() -> Self {
+        Self {
+            max_traces: 4096,
+            max_items_per_trace: 512,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a trace was kept or dropped: the `reason` label of
+/// `pipelens_traces_sampled_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// A span had error status.
+    Error,
+    /// The run was slower than the threshold.
+    Slow,
+    /// The incoming `traceparent` was sampled.
+    Parent,
+    /// The random share (kept) or the rest (dropped).
+    Ratio,
+    /// Decided early: too many traces or items held.
+    Overflow,
+    /// Decided when its root never ended within the timeout.
+    Evicted,
+}
+
+impl Reason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Slow => "slow",
+            Self::Parent => "parent",
+            Self::Ratio => "ratio",
+            Self::Overflow => "overflow",
+            Self::Evicted => "evicted",
+        }
+    }
+}
+
+/// Whether a trace is exported, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Decision {
+    pub(crate) keep: bool,
+    pub(crate) reason: Reason,
+}
+
+/// Every (decision, reason) pair that can happen, for counters bound in
+/// advance.
+pub(crate) const DECISIONS: [Decision; 9] = [
+    Decision::kept(Reason::Error),
+    Decision::kept(Reason::Slow),
+    Decision::kept(Reason::Parent),
+    Decision::kept(Reason::Ratio),
+    Decision::kept(Reason::Overflow),
+    Decision::kept(Reason::Evicted),
+    Decision::dropped(Reason::Ratio),
+    Decision::dropped(Reason::Overflow),
+    Decision::dropped(Reason::Evicted),
+];
+
+impl Decision {
+    pub(crate) const fn kept(reason: Reason) -> Self {
+        Self { keep: true, reason }
+    }
+
+    pub(crate) const fn dropped(reason: Reason) -> Self {
+        Self {
+            keep: false,
+            reason,
+        }
+    }
+
+    /// Index into [`DECISIONS`].
+    pub(crate) fn index(self) -> usize {
+        DECISIONS
+            .iter()
+            .position(|d| *d == self)
+            .unwrap_or(DECISIONS.len() - 1)
+    }
+
+    /// An early decision (`Overflow`, `Evicted`): errors so far keep the
+    /// trace, else the random share decides.
+    pub(crate) fn early(reason: Reason, error: bool, in_ratio: bool) -> Self {
+        Self {
+            keep: error || in_ratio,
+            reason,
+        }
+    }
+}
+
+/// Whether `trace_id` falls in the random share `ratio`, decided from the
+/// trace id's low 63 bits as the SDK's `TraceIdRatioBased` sampler does, so
+/// every process that sees the trace decides the same.
+pub(crate) fn in_ratio(trace_id: TraceId, ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    if ratio <= 0.0 {
+        return false;
+    }
+    let bytes = trace_id.to_bytes();
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&bytes[8..16]);
+    let rnd = u64::from_be_bytes(low) >> 1;
+    rnd < (ratio * (1u64 << 63) as f64) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_parse_durations_quantiles_and_off() {
+        assert_eq!(
+            SlowThreshold::parse("250ms"),
+            Ok(SlowThreshold::Duration(Duration::from_millis(250)))
+        );
+        assert_eq!(
+            SlowThreshold::parse("1s"),
+            Ok(SlowThreshold::Duration(Duration::from_secs(1)))
+        );
+        assert_eq!(
+            SlowThreshold::parse("1.5s"),
+            Ok(SlowThreshold::Duration(Duration::from_millis(1500)))
+        );
+        assert_eq!(
+            SlowThreshold::parse("500us"),
+            Ok(SlowThreshold::Duration(Duration::from_micros(500)))
+        );
+        assert_eq!(
+            SlowThreshold::parse("p99"),
+            Ok(SlowThreshold::Quantile(0.99))
+        );
+        assert_eq!(
+            SlowThreshold::parse("p95"),
+            Ok(SlowThreshold::Quantile(0.95))
+        );
+        assert_eq!(SlowThreshold::parse("off"), Ok(SlowThreshold::Off));
+        for bad in ["", "fast", "p0", "p100", "p-3", "10", "-5ms", "1h"] {
+            assert!(
+                SlowThreshold::parse(bad).is_err(),
+                "{bad:?} must be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn the_ratio_keeps_about_its_share_and_the_ends_are_exact() {
+        let ids: Vec<TraceId> = (0..20_000u64)
+            .map(|i| {
+                let mut b = [0u8; 16];
+                b[8..].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+                TraceId::from_bytes(b)
+            })
+            .collect();
+        let kept = |r: f64| ids.iter().filter(|t| in_ratio(**t, r)).count();
+        assert_eq!(kept(0.0), 0);
+        assert_eq!(kept(1.0), ids.len());
+        let tenth = kept(0.1);
+        assert!((1_700..2_300).contains(&tenth), "0.1 kept {tenth} of 20000");
+    }
+
+    #[test]
+    fn every_decision_has_its_own_index() {
+        for (i, d) in DECISIONS.iter().enumerate() {
+            assert_eq!(d.index(), i);
+        }
+        assert_eq!(
+            Decision::early(Reason::Overflow, true, false),
+            Decision::kept(Reason::Overflow)
+        );
+        assert_eq!(
+            Decision::early(Reason::Evicted, false, false),
+            Decision::dropped(Reason::Evicted)
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! The traces tail sampling holds while their local root runs, and the
+//! recent decisions that late spans and log records follow. Sharded by
+//! trace id so concurrent runs rarely share a lock.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use opentelemetry::trace::TraceId;
+use opentelemetry::InstrumentationScope;
+use opentelemetry_sdk::logs::SdkLogRecord;
+use opentelemetry_sdk::trace::SpanData;
+
+use super::super::exemplars::Offered;
+
+const SHARDS: usize = 16;
+/// Decisions remembered per shard, for spans and records that arrive after
+/// their root (a timed-out model left running on the blocking pool).
+const DECIDED_PER_SHARD: usize = 2048;
+/// Exemplars held per trace.
+const EXEMPLARS_PER_TRACE: usize = 16;
+
+/// What one held trace has so far.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub(crate) since: Instant,
+    pub(crate) spans: Vec<SpanData>,
+    pub(crate) logs: Vec<(SdkLogRecord, InstrumentationScope)>,
+    pub(crate) exemplars: Vec<Offered>,
+    pub(crate) error: bool,
+    pub(crate) parent_sampled: bool,
+}
+
+impl Held {
+    fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            spans: Vec::new(),
+            logs: Vec::new(),
+            exemplars: Vec::new(),
+            error: false,
+            parent_sampled: false,
+        }
+    }
+
+    /// Spans and log records held.
+    pub(crate) fn items(&self) -> usize {
+        self.spans.len() + self.logs.len()
+    }
+
+    /// Adds what `other` holds (a part that arrived while this one was
+    /// being decided).
+    pub(crate) fn merge(&mut self, other: Held) {
+        self.spans.extend(other.spans);
+        self.logs.extend(other.logs);
+        self.exemplars.extend(other.exemplars);
+        self.error |= other.error;
+        self.parent_sampled |= other.parent_sampled;
+    }
+
+    pub(crate) fn add_exemplar(&mut self, offered: Offered) {
+        if self.exemplars.len() < EXEMPLARS_PER_TRACE {
+            self.exemplars.push(offered);
+        }
+    }
+}
+
+/// One shard: held traces and remembered decisions.
+#[derive(Debug)]
+pub(crate) struct Shard {
+    pub(crate) held: HashMap<TraceId, Held>,
+    decided: HashMap<TraceId, bool>,
+    order: VecDeque<TraceId>,
+    last_sweep: Instant,
+}
+
+impl Shard {
+    /// The remembered decision of `trace` (true: kept).
+    pub(crate) fn decided(&self, trace: TraceId) -> Option<bool> {
+        self.decided.get(&trace).copied()
+    }
+
+    /// Remembers that `trace` was kept or dropped, forgetting the oldest.
+    pub(crate) fn remember(&mut self, trace: TraceId, keep: bool) {
+        if self.decided.insert(trace, keep).is_none() {
+            self.order.push_back(trace);
+            if self.order.len() > DECIDED_PER_SHARD {
+                if let Some(old) = self.order.pop_front() {
+                    self.decided.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Removes and returns the traces held since before `deadline`, at most
+    /// once a second.
+    pub(crate) fn expired(&mut self, now: Instant, deadline: Instant) -> Vec<(TraceId, Held)> {
+        if now.duration_since(self.last_sweep).as_secs() < 1 {
+            return Vec::new();
+        }
+        self.last_sweep = now;
+        let old: Vec<TraceId> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.since < deadline)
+            .map(|(t, _)| *t)
+            .collect();
+        old.into_iter()
+            .filter_map(|t| self.held.remove(&t).map(|h| (t, h)))
+            .collect()
+    }
+}
+
+/// All shards and the count of held traces.
+#[derive(Debug)]
+pub(crate) struct Table {
+    shards: Vec<Mutex<Shard>>,
+    held: AtomicUsize,
+    max_traces: usize,
+}
+
+/// What happened to an item offered to the table.
+pub(crate) enum Placed<T> {
+    /// Held with its trace.
+    Held,
+    /// Its trace was decided already: export it if true.
+    Decided(bool, T),
+    /// Too many traces are held: decide this one now.
+    Full(T),
+}
+
+impl Table {
+    pub(crate) fn new(max_traces: usize) -> Self {
+        let now = Instant::now();
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        held: HashMap::new(),
+                        decided: HashMap::new(),
+                        order: VecDeque::new(),
+                        last_sweep: now,
+                    })
+                })
+                .collect(),
+            held: AtomicUsize::new(0),
+            max_traces: max_traces.max(1),
+        }
+    }
+
+    /// The shard of `trace`, locked.
+    pub(crate) fn shard(&self, trace: TraceId) -> MutexGuard<'_, Shard> {
+        let b = trace.to_bytes();
+        self.shards[usize::from(b[15]) % SHARDS]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Every shard index, for sweeps at shutdown.
+    pub(crate) fn lock_index(&self, i: usize) -> MutexGuard<'_, Shard> {
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) const SHARDS: usize = SHARDS;
+
+    /// Traces held now.
+    pub(crate) fn held_count(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Puts `item` with its trace in `shard` via `add`, creating the entry if
+    /// there is room.
+    pub(crate) fn place<T>(
+        &self,
+        shard: &mut Shard,
+        trace: TraceId,
+        item: T,
+        add: impl FnOnce(&mut Held, T),
+    ) -> Placed<T> {
+        if let Some(keep) = shard.decided(trace) {
+            return Placed::Decided(keep, item);
+        }
+        if let Some(h) = shard.held.get_mut(&trace) {
+            add(h, item);
+            return Placed::Held;
+        }
+        if self.held.fetch_add(1, Ordering::AcqRel) >= self.max_traces {
+            self.held.fetch_sub(1, Ordering::AcqRel);
+            return Placed::Full(item);
+        }
+        let mut h = Held::new(Instant::now());
+        add(&mut h, item);
+        shard.held.insert(trace, h);
+        Placed::Held
+    }
+
+    /// Takes `trace` out of `shard`, if held.
+    pub(crate) fn take(&self, shard: &mut Shard, trace: TraceId) -> Option<Held> {
+        let h = shard.held.remove(&trace)?;
+        self.held.fetch_sub(1, Ordering::AcqRel);
+        Some(h)
+    }
+
+    /// Accounts for entries removed by [`Shard::expired`] or at shutdown.
+    pub(crate) fn released(&self, n: usize) {
+        self.held.fetch_sub(n, Ordering::AcqRel);
+    }
+}
