@@ -2,7 +2,8 @@
 //!
 //! Run: `cargo bench --bench service_load` (about 2 minutes on 2 cores).
 //! Options after `--`:
-//! - `--suite telemetry,exporters,python` (default `telemetry,exporters`);
+//! - `--suite telemetry,exporters,realistic,overload,python` (default
+//!   `telemetry,exporters`);
 //! - `--seconds N` measured per round (default 4, after 1 s of warm-up),
 //!   `--rounds N` (default 3), `--connections N` (default 16);
 //! - `--soak`: 60 s rounds, one round each: the long variant;
@@ -22,7 +23,11 @@
 //! Suites:
 //! - `telemetry`: off (`OTEL_SDK_DISABLED=true`, `RUST_LOG=off`); JSON logs
 //!   to stdout only; spans, metrics and logs with no exporter; everything
-//!   exported over OTLP; the same with parent-based 10% head sampling.
+//!   exported over OTLP; the same with parent-based 10% head sampling; the
+//!   same behind in-process tail sampling (errors, the slowest 1%, 5% of
+//!   the rest: `tail sampling: errors, slow, 5%`).
+//! - `realistic`: every model takes ~1 ms; telemetry off, OTLP export and
+//!   tail sampling side by side.
 //! - `exporters`: OTLP export to an endpoint that refuses connections and to
 //!   one that accepts TCP and never answers, against the healthy case.
 //! - `overload`: 256 connections against a service whose air-supply model
@@ -55,6 +60,8 @@ const CEILING_ROUTE: &str = "/v1/pipelines/ceiling-layout/runs";
 /// The run request of the fixed three-candidate pipeline.
 const FEATURES: &str = r#"{"features": [0.1, 0.5, 0.9, 1.3]}"#;
 const FIXED_ROUTE: &str = "/v1/pipelines/fixed/runs";
+/// The tail-sampling variant's name, as the issue and README give it.
+const TAIL: &str = "tail sampling: errors, slow, 5%";
 
 /// Options from the command line.
 struct Options {
@@ -99,9 +106,11 @@ impl Options {
             }
         }
         for suite in &options.suites {
-            if !["telemetry", "exporters", "overload", "python"].contains(&suite.as_str()) {
+            if !["telemetry", "exporters", "realistic", "overload", "python"]
+                .contains(&suite.as_str())
+            {
                 return Err(format!(
-                    "--suite: unknown suite {suite} (telemetry, exporters, overload, python)"
+                    "--suite: unknown suite {suite} (telemetry, exporters, realistic, overload, python)"
                 ));
             }
         }
@@ -211,6 +220,15 @@ fn main() {
             ("RUST_LOG", "off".to_owned()),
         ]
     };
+    // OTLP export behind in-process tail sampling: errors and the slowest
+    // 1% always, 5% of the rest.
+    let tail = |mut extra: Vec<(&'static str, String)>| {
+        let mut env = otlp(collector.addr);
+        env.push(("PIPELENS_TRACES_KEEP_RATIO", "0.05".to_owned()));
+        env.push(("PIPELENS_TRACES_KEEP_SLOWER_THAN", "p99".to_owned()));
+        env.append(&mut extra);
+        env
+    };
     let ceiling = |name, env| Variant {
         name,
         command: Command::Pipelens,
@@ -235,6 +253,27 @@ fn main() {
         sampled.push(("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_owned()));
         sampled.push(("OTEL_TRACES_SAMPLER_ARG", "0.1".to_owned()));
         variants.push(ceiling("OTLP export, 10% sampled", sampled));
+        variants.push(ceiling(TAIL, tail(Vec::new())));
+    }
+    if has("realistic") {
+        // Every model of the demo takes ~1 ms (a sleep on its thread, as a
+        // small CPU model or a fast model server would).
+        let ms = || {
+            (
+                "PIPELENS_FAULTS",
+                r#"{"light_dense": {"latency_ms": 1}, "light_sparse": {"latency_ms": 1},
+                    "light_perimeter": {"latency_ms": 1}, "air_supply": {"latency_ms": 1},
+                    "smoke_detector": {"latency_ms": 1}}"#
+                    .to_owned(),
+            )
+        };
+        let mut off_1ms = off();
+        off_1ms.push(ms());
+        variants.push(ceiling("1 ms models, telemetry off", off_1ms));
+        let mut on_1ms = otlp(collector.addr);
+        on_1ms.push(ms());
+        variants.push(ceiling("1 ms models, OTLP export", on_1ms));
+        variants.push(ceiling("1 ms models, tail sampling", tail(vec![ms()])));
     }
     if has("exporters") {
         variants.push(ceiling("OTLP endpoint refusing", otlp(refused)));
@@ -523,6 +562,31 @@ fn report(variants: &[Variant], figures: &[Figures], options: &Options) {
         if let Some(sampled) = find("OTLP export, 10% sampled") {
             println!("  at 10% sampling: {:.2} of telemetry off", ratio(sampled));
         }
+        if let Some(tail) = find(TAIL) {
+            let added = tail.p99() - off.p99();
+            println!(
+                "Goal: {TAIL} keeps >= 0.85 of telemetry-off throughput (stretch 0.90): {:.2} ({}), \
+                 p99 {added:+.2} ms ({}), {:.2} spans/req exported",
+                ratio(tail),
+                goal(ratio(tail) >= 0.85),
+                goal(added <= 1.0),
+                tail.spans as f64 / tail.requests.max(1) as f64,
+            );
+        }
+    }
+    if let (Some(off), Some(on), Some(tail)) = (
+        find("1 ms models, telemetry off"),
+        find("1 ms models, OTLP export"),
+        find("1 ms models, tail sampling"),
+    ) {
+        println!(
+            "1 ms models: OTLP export {:.2}, tail sampling {:.2} of telemetry-off throughput; \
+             p99 {:+.2} / {:+.2} ms",
+            on.throughput() / off.throughput(),
+            tail.throughput() / off.throughput(),
+            on.p99() - off.p99(),
+            tail.p99() - off.p99(),
+        );
     }
     if let Some(healthy) = find("OTLP export") {
         for name in ["OTLP endpoint refusing", "OTLP endpoint never answering"] {

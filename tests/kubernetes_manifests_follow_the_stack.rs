@@ -15,7 +15,10 @@
 //!   limits and hardening, the image of this crate's version, and probes on
 //!   the compose healthcheck's path;
 //! - the ServiceMonitor scrapes the Service whose name is the rules' `job`, at
-//!   the interval of `prometheus/prometheus.yml`.
+//!   the interval of `prometheus/prometheus.yml`;
+//! - exemplars as in compose: the Helm values turn on Prometheus' exemplar
+//!   storage when compose does, and link the chart's Prometheus data source's
+//!   `trace_id` exemplars to the Jaeger data source compose links them to.
 //!
 //! Regenerate the generated files (the only way to change them):
 //!
@@ -1507,6 +1510,117 @@ fn prometheus_scrapes_the_service_as_compose_does() {
         }
     }
     assert_no_problems(SERVICE_MONITORS, &problems);
+}
+
+/// `--enable-feature` values of an argument list (repeated or comma-separated).
+fn enabled_features(args: &[String]) -> BTreeSet<String> {
+    let mut features = BTreeSet::new();
+    for (i, a) in args.iter().enumerate() {
+        let value = match a.trim_start_matches('-').split_once('=') {
+            Some(("enable-feature", v)) => Some(v.to_owned()),
+            None if a.starts_with('-') && a.trim_start_matches('-') == "enable-feature" => {
+                args.get(i + 1).cloned()
+            }
+            _ => None,
+        };
+        for f in value.iter().flat_map(|v| v.split(',')) {
+            features.insert(f.trim().to_owned());
+        }
+    }
+    features
+}
+
+#[test]
+fn exemplars_are_stored_and_linked_to_traces_as_in_compose() {
+    let values = yaml_file(HELM_VALUES);
+    let mut problems = Vec::new();
+
+    // Prometheus: compose's feature flags, as prometheusSpec.enableFeatures.
+    let compose_features = enabled_features(&compose_command(&compose_service("prometheus")));
+    let ours: BTreeSet<String> = values["prometheus"]["prometheusSpec"]["enableFeatures"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(yaml_str)
+        .collect();
+    if !compose_features.contains("exemplar-storage") {
+        problems.push("compose's prometheus runs without --enable-feature=exemplar-storage".into());
+    }
+    for feature in compose_features.difference(&ours) {
+        problems.push(format!(
+            "{HELM_VALUES}: prometheus.prometheusSpec.enableFeatures lacks {feature:?}, which \
+             compose's prometheus runs with"
+        ));
+    }
+
+    // Grafana: the chart's Prometheus data source links exemplars where
+    // compose's does.
+    let compose_datasources: Yaml = yaml_file("grafana/provisioning/datasources/datasources.yml");
+    let compose_links: Vec<(String, String)> = compose_datasources["datasources"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter(|d| yaml_str(&d["uid"]).as_deref() == Some(CHART_PROMETHEUS_UID))
+        .flat_map(|d| {
+            d["jsonData"]["exemplarTraceIdDestinations"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|l| Some((yaml_str(&l["name"])?, yaml_str(&l["datasourceUid"])?)))
+        .collect();
+    if compose_links.is_empty() {
+        problems
+            .push("compose's Prometheus data source has no exemplarTraceIdDestinations".to_owned());
+    }
+    let link = &values["grafana"]["sidecar"]["datasources"]["exemplarTraceIdDestinations"];
+    let ours = (
+        yaml_str(&link["traceIdLabelName"]).unwrap_or_default(),
+        yaml_str(&link["datasourceUid"]).unwrap_or_default(),
+    );
+    if !compose_links.contains(&ours) {
+        problems.push(format!(
+            "{HELM_VALUES}: grafana.sidecar.datasources.exemplarTraceIdDestinations \
+             (traceIdLabelName, datasourceUid) is {ours:?}, compose links {compose_links:?}"
+        ));
+    }
+    // The destination is one of the data sources shipped for the chart's
+    // Grafana.
+    let config_map = &manifest_objects(DATASOURCES)[0];
+    let provisioning: Yaml = config_map["data"]
+        .as_mapping()
+        .and_then(|d| d.values().next())
+        .and_then(Yaml::as_str)
+        .and_then(|t| serde_yaml_ng::from_str(t).ok())
+        .expect("the data source ConfigMap holds a provisioning file");
+    let shipped: BTreeSet<String> = provisioning["datasources"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| yaml_str(&d["uid"]))
+        .collect();
+    if !shipped.contains(&ours.1) {
+        problems.push(format!(
+            "exemplars link to data source {:?}, which {DATASOURCES} does not provide ({shipped:?})",
+            ours.1
+        ));
+    }
+
+    // The ServiceMonitor must not ask for a format without exemplars first.
+    let monitors = manifest_objects(SERVICE_MONITORS);
+    let monitor = find(&monitors, "ServiceMonitor", "pipelens");
+    if let Some(first) = monitor["spec"]["scrapeProtocols"]
+        .as_sequence()
+        .and_then(|p| p.first())
+        .and_then(yaml_str)
+    {
+        if !first.starts_with("OpenMetricsText") {
+            problems.push(format!(
+                "{SERVICE_MONITORS}: scrapeProtocols prefers {first}, which carries no exemplars"
+            ));
+        }
+    }
+    assert_no_problems("exemplars in Kubernetes", &problems);
 }
 
 #[test]

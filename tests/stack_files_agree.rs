@@ -15,6 +15,12 @@
 //! - dashboards parse, their uids are unique and every data source they use
 //!   is provisioned (with the same plugin type);
 //! - the service does not wait for its telemetry backends to start;
+//! - tail sampling and exemplars: compose runs pipelens with valid
+//!   `PIPELENS_TRACES_KEEP_*` values (0.1 and p99) and Prometheus with
+//!   exemplar storage; Grafana's Prometheus data source links exemplar
+//!   trace ids to the provisioned Jaeger; every dashboard query over the
+//!   three latency histograms' buckets shows exemplars; the service
+//!   dashboard shows the tail sampling decisions;
 //! - a span in Jaeger links to its trace's logs with a query Loki accepts;
 //! - every alert has a severity, summary, description, a runbook URL whose
 //!   anchor is a README heading and a dashboard link to a real dashboard, and
@@ -939,11 +945,16 @@ const PROMETHEUS_SYNTHETIC_METRICS: &[&str] = &[
 /// OTLP export configured (the in-process service here has none):
 /// `a_dead_backend_costs_only_dropped_telemetry` and
 /// `a_full_export_queue_counts_every_drop` check them on a live /metrics.
+/// Tail sampling's decisions and held traces exist only with OTLP trace
+/// export too (tail sampling sits in front of the export queue):
+/// `tail_sampling_keeps_what_matters` checks them on a live /metrics.
 const OTLP_SELF_OBSERVABILITY: &[&str] = &[
     "otel_sdk_processor_span_processed_total",
     "otel_sdk_processor_log_processed_total",
     "otel_sdk_exporter_span_exported_total",
     "otel_sdk_exporter_log_exported_total",
+    "pipelens_traces_sampled_total",
+    "pipelens_traces_held",
 ];
 
 /// Prometheus' and Alertmanager's own metrics that rules and dashboards read,
@@ -1383,6 +1394,329 @@ fn logql_stream_selectors_are_split_into_matchers() {
     assert_eq!(rest, r#" | trace_id="x""#);
     assert_eq!(logql_stream_selector("{} | x").unwrap().0, vec![]);
     assert!(logql_stream_selector("| trace_id").is_err());
+}
+
+// ------------------------------------------- tail sampling and exemplars
+
+/// The histograms whose buckets carry exemplars (`# {trace_id=...}` on
+/// /metrics in OpenMetrics), each pointing at a kept, exported trace.
+const EXEMPLAR_HISTOGRAMS: &[&str] = &[
+    "ml_pipeline_duration_seconds",
+    "ml_model_execution_duration_seconds",
+    "http_server_request_duration_seconds",
+];
+
+/// The exemplar label that holds the trace id.
+const EXEMPLAR_TRACE_ID_LABEL: &str = "trace_id";
+
+/// What compose's tail sampling runs with (issue 16: keep one healthy trace
+/// in ten, and every run slower than its pipeline's own p99).
+const COMPOSE_KEEP_RATIO: (&str, &str) = ("PIPELENS_TRACES_KEEP_RATIO", "0.1");
+const COMPOSE_KEEP_SLOWER_THAN: (&str, &str) = ("PIPELENS_TRACES_KEEP_SLOWER_THAN", "p99");
+
+/// A compose value with `${VAR:-default}`, `${VAR-default}` and `${VAR}`
+/// replaced by what a fresh checkout (no .env) gives, and `$$` by `$`.
+fn compose_default(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(after) = after.strip_prefix('$') {
+            out.push('$');
+            rest = after;
+        } else if let (Some(inner), Some(end)) = (after.strip_prefix('{'), after.find('}')) {
+            let inner = &inner[..end - 1];
+            if let Some((_, default)) = inner.split_once(":-").or_else(|| inner.split_once('-')) {
+                out.push_str(default);
+            }
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Every feature of `--enable-feature=a,b` / `--enable-feature a` in `args`
+/// (the flag may be repeated).
+fn enabled_features(args: &[String]) -> BTreeSet<String> {
+    let mut features = BTreeSet::new();
+    for (i, a) in args.iter().enumerate() {
+        let value = match a.trim_start_matches('-').split_once('=') {
+            Some(("enable-feature", v)) => Some(v.to_owned()),
+            None if a.trim_start_matches('-') == "enable-feature" && a.starts_with('-') => {
+                args.get(i + 1).cloned()
+            }
+            _ => None,
+        };
+        for f in value.iter().flat_map(|v| v.split(',')) {
+            features.insert(f.trim().to_owned());
+        }
+    }
+    features
+}
+
+#[test]
+fn compose_prometheus_stores_exemplars() {
+    let compose = compose();
+    let services = compose_services(&compose);
+    let prometheus = services
+        .get("prometheus")
+        .expect("docker-compose.yml has no prometheus service");
+    let args = command_args(prometheus);
+    let features = enabled_features(&args);
+    assert!(
+        features.contains("exemplar-storage"),
+        "compose's prometheus must run with --enable-feature=exemplar-storage, or the exemplars \
+         pipelens writes are thrown away at the scrape; its features: {features:?} (command {args:?})"
+    );
+}
+
+#[test]
+fn compose_runs_pipelens_with_valid_tail_sampling_settings() {
+    let compose = compose();
+    let services = compose_services(&compose);
+    let pipelens = services
+        .get("pipelens")
+        .expect("docker-compose.yml has no pipelens service");
+    let env: BTreeMap<String, String> = environment(pipelens)
+        .into_iter()
+        .map(|(k, v)| (k, compose_default(&v)))
+        .collect();
+    let mut problems = Vec::new();
+    for (name, want) in [COMPOSE_KEEP_RATIO, COMPOSE_KEEP_SLOWER_THAN] {
+        match env.get(name) {
+            None => problems.push(format!("pipelens: {name} is not set")),
+            Some(v) if v != want => problems.push(format!(
+                "pipelens: {name} is {v:?} on a fresh checkout, not {want:?}"
+            )),
+            Some(_) => {}
+        }
+    }
+    // The service's own parser accepts the whole environment as compose
+    // gives it, and reads the two settings as meant.
+    let vars: std::collections::HashMap<String, String> = env.clone().into_iter().collect();
+    match pipelens::telemetry::TelemetryConfig::from_vars(&vars) {
+        Err(e) => problems.push(format!(
+            "pipelens would refuse to start with compose's environment: {e}"
+        )),
+        Ok(config) => {
+            if config.traces_keep_ratio != 0.1 {
+                problems.push(format!(
+                    "{} is read as {}, not 0.1",
+                    COMPOSE_KEEP_RATIO.0, config.traces_keep_ratio
+                ));
+            }
+            if config.traces_keep_slower_than != pipelens::telemetry::SlowThreshold::Quantile(0.99)
+            {
+                problems.push(format!(
+                    "{} is read as {:?}, not p99",
+                    COMPOSE_KEEP_SLOWER_THAN.0, config.traces_keep_slower_than
+                ));
+            }
+            if config.traces.is_none() {
+                problems.push(
+                    "compose's pipelens exports no traces: tail sampling would never run"
+                        .to_owned(),
+                );
+            }
+        }
+    }
+    // .env.example gives the same values as compose's defaults.
+    let example = read(".env.example");
+    for (name, want) in [COMPOSE_KEEP_RATIO, COMPOSE_KEEP_SLOWER_THAN] {
+        let documented = example
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .find_map(|l| l.split_once('=').filter(|(k, _)| k.trim() == name))
+            .map(|(_, v)| v.trim().to_owned());
+        if documented.as_deref() != Some(want) {
+            problems.push(format!(
+                ".env.example gives {name}={documented:?}, compose's default is {want:?}"
+            ));
+        }
+    }
+    assert_no_problems("compose's tail sampling settings", &problems);
+}
+
+/// The provisioned data sources' `exemplarTraceIdDestinations`:
+/// (file, data source uid, label name, destination uid).
+fn exemplar_destinations() -> Vec<(String, String, String, String)> {
+    let mut out = Vec::new();
+    for file in files_in("grafana/provisioning/datasources", &["yml", "yaml"]) {
+        let doc = yaml_file(&file);
+        for ds in doc["datasources"].as_sequence().into_iter().flatten() {
+            for d in ds["jsonData"]["exemplarTraceIdDestinations"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+            {
+                out.push((
+                    rel(&file),
+                    yaml_str(&ds["uid"]).unwrap_or_default(),
+                    yaml_str(&d["name"]).unwrap_or_default(),
+                    yaml_str(&d["datasourceUid"]).unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn prometheus_exemplars_link_to_the_provisioned_jaeger() {
+    let provisioned = provisioned_datasources();
+    let jaeger: Vec<&Datasource> = provisioned.iter().filter(|d| d.kind == "jaeger").collect();
+    assert_eq!(
+        jaeger.len(),
+        1,
+        "expected one provisioned Jaeger datasource"
+    );
+    let jaeger_uid = &jaeger[0].uid;
+    let destinations = exemplar_destinations();
+    let mut problems = Vec::new();
+    let prometheus: Vec<&Datasource> = provisioned
+        .iter()
+        .filter(|d| d.kind == "prometheus")
+        .collect();
+    assert!(
+        !prometheus.is_empty(),
+        "no Prometheus datasource is provisioned"
+    );
+    for ds in prometheus {
+        let links: Vec<_> = destinations
+            .iter()
+            .filter(|(_, uid, _, _)| *uid == ds.uid)
+            .collect();
+        let to_jaeger = links
+            .iter()
+            .any(|(_, _, label, target)| label == EXEMPLAR_TRACE_ID_LABEL && target == jaeger_uid);
+        if !to_jaeger {
+            problems.push(format!(
+                "{}: Prometheus datasource {:?} has no jsonData.exemplarTraceIdDestinations entry \
+                 {{name: {EXEMPLAR_TRACE_ID_LABEL}, datasourceUid: {jaeger_uid}}} (found {links:?})",
+                ds.file, ds.uid
+            ));
+        }
+    }
+    for (file, uid, label, target) in &destinations {
+        if !provisioned.iter().any(|d| d.uid == *target) {
+            problems.push(format!(
+                "{file}: datasource {uid:?} links exemplar label {label:?} to {target:?}, which is \
+                 not provisioned"
+            ));
+        }
+    }
+    assert_no_problems("exemplar links", &problems);
+}
+
+#[test]
+fn latency_panels_show_exemplars() {
+    let provisioned = provisioned_datasources();
+    let linked: BTreeSet<String> = exemplar_destinations()
+        .into_iter()
+        .filter(|(_, _, label, _)| label == EXEMPLAR_TRACE_ID_LABEL)
+        .map(|(_, uid, _, _)| uid)
+        .collect();
+    let mut problems = Vec::new();
+    // Per histogram, the time series panels that show its exemplars.
+    let mut shown: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (file, dash) in dashboards() {
+        for panel in panels(&dash) {
+            let title = panel["title"].as_str().unwrap_or_default().to_owned();
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let Some(expr) = target["expr"].as_str() else {
+                    continue;
+                };
+                let names = promql_metric_names(expr);
+                let histograms: Vec<&str> = EXEMPLAR_HISTOGRAMS
+                    .iter()
+                    .copied()
+                    .filter(|h| names.contains(&format!("{h}_bucket")))
+                    .collect();
+                if histograms.is_empty() {
+                    continue;
+                }
+                let here = format!(
+                    "{file} / {title:?} / {}",
+                    target["refId"].as_str().unwrap_or("?")
+                );
+                if target["exemplar"] != Json::Bool(true) {
+                    problems.push(format!(
+                        "{here}: reads {histograms:?} but has no \"exemplar\": true"
+                    ));
+                    continue;
+                }
+                let ds = match (&target["datasource"], &panel["datasource"]) {
+                    (Json::Null, p) => p,
+                    (t, _) => t,
+                };
+                match resolve_datasource(ds, &dash, &provisioned) {
+                    Ok(Some(d)) if linked.contains(&d.uid) => {}
+                    other => problems.push(format!(
+                        "{here}: its datasource {other:?} links no {EXEMPLAR_TRACE_ID_LABEL} \
+                         exemplar to a trace"
+                    )),
+                }
+                if panel["type"] == "timeseries" {
+                    for h in histograms {
+                        shown.entry(h).or_default().push(here.clone());
+                    }
+                }
+            }
+        }
+    }
+    for h in EXEMPLAR_HISTOGRAMS {
+        if !shown.contains_key(h) {
+            problems.push(format!(
+                "no time series panel reads {h}_bucket with exemplars: a spike of {h} has no path \
+                 to its trace"
+            ));
+        }
+    }
+    eprintln!("exemplars shown: {shown:#?}");
+    assert_no_problems("latency panels and exemplars", &problems);
+}
+
+#[test]
+fn the_service_dashboard_shows_the_tail_sampling_decisions() {
+    let file = "grafana/dashboards/pipelens-service.json";
+    let dash = json_file(file);
+    let mut decisions = Vec::new();
+    let mut held = Vec::new();
+    for panel in panels(&dash) {
+        let title = panel["title"].as_str().unwrap_or_default().to_owned();
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let Some(expr) = target["expr"].as_str() else {
+                continue;
+            };
+            let names = promql_metric_names(expr);
+            if names.contains("pipelens_traces_sampled_total") {
+                decisions.push((title.clone(), expr.to_owned()));
+            }
+            if names.contains("pipelens_traces_held") {
+                held.push((title.clone(), expr.to_owned()));
+            }
+        }
+    }
+    assert!(
+        decisions
+            .iter()
+            .any(|(title, expr)| title == "Tail sampling"
+                && expr.contains("rate(pipelens_traces_sampled_total")
+                && ["decision", "reason"]
+                    .iter()
+                    .all(|l| promql_has_by_label(expr, l))),
+        "{file}: no \"Tail sampling\" panel with the rate of pipelens_traces_sampled_total by \
+         (decision, reason); found {decisions:?}"
+    );
+    assert!(
+        held.iter().any(|(title, _)| title == "Tail sampling"),
+        "{file}: the \"Tail sampling\" panel does not show pipelens_traces_held; found {held:?}"
+    );
 }
 
 // ------------------------------------------------------------------ alerts
