@@ -231,6 +231,8 @@ impl State {
         self.count(d);
         if self.pass_through {
             self.spans.on_end(root);
+            // Flags of traces whose root never ends are still bounded in time.
+            self.sweep(trace);
             return;
         }
         {
@@ -288,7 +290,7 @@ impl State {
             }
             Placed::Full(span) => {
                 drop(shard);
-                let mut h = held_one();
+                let mut h = Held::new(Instant::now());
                 h.error = error;
                 h.spans.push(span);
                 self.decide_early(trace, h, Reason::Overflow);
@@ -349,7 +351,7 @@ impl State {
             }
             Placed::Full(item) => {
                 drop(shard);
-                let mut h = held_one();
+                let mut h = Held::new(Instant::now());
                 h.logs.push(item);
                 self.decide_early(trace, h, Reason::Overflow);
             }
@@ -365,17 +367,6 @@ impl State {
                 self.decide_early(t, h, Reason::Evicted);
             }
         }
-    }
-}
-
-fn held_one() -> Held {
-    Held {
-        since: Instant::now(),
-        spans: Vec::new(),
-        logs: Vec::new(),
-        exemplars: Vec::new(),
-        error: false,
-        parent_sampled: false,
     }
 }
 

@@ -18,6 +18,8 @@ const SHARDS: usize = 16;
 /// Decisions remembered per shard, for spans and records that arrive after
 /// their root (a timed-out model left running on the blocking pool).
 const DECIDED_PER_SHARD: usize = 2048;
+/// Spans room is made for when a trace is first held.
+const SPANS_HINT: usize = 16;
 /// Exemplars held per trace.
 const EXEMPLARS_PER_TRACE: usize = 16;
 
@@ -33,10 +35,13 @@ pub(crate) struct Held {
 }
 
 impl Held {
-    fn new(now: Instant) -> Self {
+    /// An empty entry, first seen `now`.
+    pub(crate) fn new(now: Instant) -> Self {
         Self {
             since: now,
-            spans: Vec::new(),
+            // A run of the demo is 9 spans: no regrowth (and no copy of
+            // every span held so far) for typical traces.
+            spans: Vec::with_capacity(SPANS_HINT),
             logs: Vec::new(),
             exemplars: Vec::new(),
             error: false,
