@@ -10,7 +10,9 @@
 //! - `--only TEXT`: only the variants whose name contains TEXT (to profile
 //!   one with `perf record -p`);
 //! - `--python PATH`: the virtualenv's python for the `python` suite
-//!   (`scripts/bench-vs-python` sets it up and passes it).
+//!   (`scripts/bench-vs-python` sets it up and passes it);
+//! - `--baseline PATH`: another build's `pipelens` binary (an earlier
+//!   commit), run as `OTLP export, baseline` beside this build's variants.
 //!
 //! Every variant is a fresh `pipelens serve` process (the ceiling-layout
 //! demo, five models per run) on loopback, driven by a closed-loop
@@ -60,6 +62,8 @@ const CEILING_ROUTE: &str = "/v1/pipelines/ceiling-layout/runs";
 /// The run request of the fixed three-candidate pipeline.
 const FEATURES: &str = r#"{"features": [0.1, 0.5, 0.9, 1.3]}"#;
 const FIXED_ROUTE: &str = "/v1/pipelines/fixed/runs";
+/// The variant that runs `--baseline`'s binary with full OTLP export.
+const BASELINE: &str = "OTLP export, baseline";
 /// The tail-sampling variant's name, as the issue and README give it.
 const TAIL: &str = "tail sampling: errors, slow, 5%";
 
@@ -70,6 +74,9 @@ struct Options {
     rounds: usize,
     connections: usize,
     python: Option<String>,
+    /// Another build's `pipelens` binary for the `OTLP export, baseline`
+    /// variant.
+    baseline: Option<String>,
     only: Option<String>,
 }
 
@@ -81,6 +88,7 @@ impl Options {
             rounds: 3,
             connections: 16,
             python: None,
+            baseline: None,
             only: None,
         };
         let mut args = std::env::args().skip(1);
@@ -97,6 +105,7 @@ impl Options {
                     options.connections = number("--connections", &value("--connections")?)?
                 }
                 "--python" => options.python = Some(value("--python")?),
+                "--baseline" => options.baseline = Some(value("--baseline")?),
                 "--only" => options.only = Some(value("--only")?),
                 "--soak" => {
                     options.seconds = 60;
@@ -147,6 +156,9 @@ enum Command {
     FixedThree,
     /// The fixed three-candidate pipeline on FastAPI.
     Python,
+    /// `serve` of another `pipelens` binary (`--baseline`: an earlier
+    /// commit's build), to compare releases side by side.
+    Baseline,
 }
 
 /// The figures of one variant over all rounds.
@@ -254,6 +266,12 @@ fn main() {
         sampled.push(("OTEL_TRACES_SAMPLER_ARG", "0.1".to_owned()));
         variants.push(ceiling("OTLP export, 10% sampled", sampled));
         variants.push(ceiling(TAIL, tail(Vec::new())));
+        if options.baseline.is_some() {
+            variants.push(Variant {
+                command: Command::Baseline,
+                ..ceiling(BASELINE, otlp(collector.addr))
+            });
+        }
     }
     if has("realistic") {
         // Every model of the demo takes ~1 ms (a sleep on its thread, as a
@@ -373,14 +391,15 @@ fn measure(
         .map(|(k, v)| ((*k).to_owned(), v.clone()))
         .collect();
     let command = match variant.command {
-        Command::Pipelens => {
+        Command::Pipelens | Command::Baseline => {
             env.push(("PIPELENS_ADDR".into(), addr.to_string()));
             // As deployed (docker-compose.yml): JSON lines for Loki.
             env.push(("PIPELENS_LOG_FORMAT".into(), "json".into()));
-            vec![
-                env!("CARGO_BIN_EXE_pipelens").to_owned(),
-                "serve".to_owned(),
-            ]
+            let binary = match variant.command {
+                Command::Baseline => options.baseline.clone().expect("checked in main"),
+                _ => env!("CARGO_BIN_EXE_pipelens").to_owned(),
+            };
+            vec![binary, "serve".to_owned()]
         }
         Command::FixedThree => {
             env.push(("BENCH_ADDR".into(), addr.to_string()));
@@ -545,7 +564,7 @@ fn report(variants: &[Variant], figures: &[Figures], options: &Options) {
             options.rounds
         );
         for (variant, f) in variants.iter().zip(figures) {
-            if matches!(variant.command, Command::Pipelens) {
+            if matches!(variant.command, Command::Pipelens | Command::Baseline) {
                 println!("  {:<32} {:.2}", variant.name, ratio(f));
             }
         }
@@ -573,6 +592,19 @@ fn report(variants: &[Variant], figures: &[Figures], options: &Options) {
                 tail.spans as f64 / tail.requests.max(1) as f64,
             );
         }
+    }
+    if let (Some(now), Some(before)) = (find("OTLP export"), find(BASELINE)) {
+        println!(
+            "Goal: keep-everything (PIPELENS_TRACES_KEEP_RATIO=1.0, the default) not worse than \
+             the baseline's OTLP export: {:.0} vs {:.0} req/s, {:.0} vs {:.0} µs CPU/req, p99 \
+             {:.2} vs {:.2} ms",
+            now.throughput(),
+            before.throughput(),
+            now.cpu(),
+            before.cpu(),
+            now.p99(),
+            before.p99(),
+        );
     }
     if let (Some(off), Some(on), Some(tail)) = (
         find("1 ms models, telemetry off"),
