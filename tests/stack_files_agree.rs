@@ -1913,7 +1913,7 @@ fn pipeline_level_dashboard_queries_follow_the_pipeline_variable() {
             .iter()
             .any(|(name, _)| carries_pipeline(name, &recorded))
         {
-            continue; // e.g. ml_model_loaded, which is per model, not per pipeline
+            continue; // a series without a pipeline label (HTTP, up, exporter health)
         }
         for (name, matchers) in selectors {
             if !carries_pipeline(&name, &recorded) {
