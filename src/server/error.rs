@@ -13,13 +13,26 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use crate::input::{FieldError, InputError};
 use crate::pipeline::{FeedbackError, RunError};
 
-/// The cause of a 5xx, attached to the response for the HTTP layer to log
-/// inside the request span (4xx are the caller's fault and are not logged).
+/// The cause of a 5xx that is a failure of the service, attached to the
+/// response for the HTTP layer to log inside the request span (4xx are the
+/// caller's fault and are not logged as errors).
 #[derive(Debug, Clone)]
-pub(crate) struct ServerErrorCause(pub(crate) String);
+pub(crate) struct ServerErrorCause {
+    /// What failed: the stage and its models, or the timeout.
+    pub(crate) message: String,
+    /// Whether the failure already has its ERROR line (a failed run is
+    /// logged by the runner as `pipeline failed`, naming the stage and
+    /// models), so the HTTP layer does not log it twice.
+    pub(crate) logged: bool,
+}
 
-/// Marks a 503 from admission control, which the HTTP layer counts but
-/// does not log: a line per refusal would add load exactly when the service
+/// Marks a 5xx that is an expected answer, not a failure (a `/ready` 503
+/// while models load or the server drains): counted, logged at DEBUG only.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Expected;
+
+/// Marks a 503 from admission control, which the HTTP layer counts and logs
+/// at DEBUG only: a line per refusal would add load exactly when the service
 /// has none to spare.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Refused;
@@ -208,9 +221,10 @@ impl IntoResponse for ApiError {
             return response;
         }
         if status.is_server_error() {
-            response
-                .extensions_mut()
-                .insert(ServerErrorCause(self.to_string()));
+            response.extensions_mut().insert(ServerErrorCause {
+                message: self.to_string(),
+                logged: matches!(self, Self::PipelineFailed(_)),
+            });
         }
         response
     }
