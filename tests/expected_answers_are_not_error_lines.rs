@@ -124,8 +124,16 @@ async fn only_the_failed_run_is_an_error_line() {
     // The caller's faults: 400, 422, 404.
     for (path, body, status) in [
         (route.as_str(), "{", StatusCode::BAD_REQUEST),
-        (route.as_str(), r#"{"n": "x"}"#, StatusCode::UNPROCESSABLE_ENTITY),
-        ("/v1/pipelines/nope/runs", r#"{"n": 1}"#, StatusCode::NOT_FOUND),
+        (
+            route.as_str(),
+            r#"{"n": "x"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/v1/pipelines/nope/runs",
+            r#"{"n": 1}"#,
+            StatusCode::NOT_FOUND,
+        ),
     ] {
         let reply = send(addr, Method::POST, path, body, &json).await;
         assert_eq!(reply.status, status, "{path} {body}: {}", reply.body);
@@ -140,7 +148,12 @@ async fn only_the_failed_run_is_an_error_line() {
     loop {
         let reply = send(addr, Method::POST, &route, r#"{"n": 1}"#, &json).await;
         if reply.status == StatusCode::SERVICE_UNAVAILABLE {
-            assert_eq!(reply.json()["error"]["code"], "overloaded", "{}", reply.body);
+            assert_eq!(
+                reply.json()["error"]["code"],
+                "overloaded",
+                "{}",
+                reply.body
+            );
             break;
         }
         assert!(Instant::now() < deadline, "never refused: {}", reply.body);
@@ -149,7 +162,12 @@ async fn only_the_failed_run_is_an_error_line() {
 
     // The one failure of the service: no model of stage `wait` succeeded.
     let failed = send(addr, Method::POST, &route, r#"{"n": 0}"#, &json).await;
-    assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", failed.body);
+    assert_eq!(
+        failed.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        failed.body
+    );
 
     let lines = log.lines();
     let errors: Vec<&serde_json::Value> = lines.iter().filter(|l| l["level"] == "ERROR").collect();
@@ -172,10 +190,11 @@ async fn only_the_failed_run_is_an_error_line() {
         (route.as_str(), "500"),
     ] {
         assert!(
-            metrics.lines().any(|l| l
-                .starts_with("http_server_request_duration_seconds_count{")
-                && l.contains(&format!(r#"http_response_status_code="{status}""#))
-                && l.contains(&format!(r#"http_route="{route}""#))),
+            metrics.lines().any(
+                |l| l.starts_with("http_server_request_duration_seconds_count{")
+                    && l.contains(&format!(r#"http_response_status_code="{status}""#))
+                    && l.contains(&format!(r#"http_route="{route}""#))
+            ),
             "{route} {status} not counted:\n{metrics}"
         );
     }
