@@ -1,7 +1,7 @@
 //! The API's one error type: every failure becomes a status code and a JSON
 //! body `{"error": {"code", "message", "field"?}}`.
 
-use axum::http::header::RETRY_AFTER;
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -96,6 +96,10 @@ pub enum ApiError {
     /// The route exists but not for this method.
     #[error("method not allowed on this path")]
     MethodNotAllowed,
+    /// Feedback without the bearer token the server requires (401 with
+    /// `WWW-Authenticate: Bearer`).
+    #[error("feedback needs the header `Authorization: Bearer <token>` with the server's feedback token")]
+    Unauthorized,
     /// Ground truth that cannot be recorded: unknown or expired run (404),
     /// a second truth for the same run (409), or a truth the judged stage
     /// cannot use (422 naming the field).
@@ -117,6 +121,7 @@ impl ApiError {
             }
             Self::NotFound | Self::UnknownPipeline { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Feedback(e) => match e {
                 FeedbackError::AlreadyJudged { .. } => StatusCode::CONFLICT,
                 e if e.field().is_some() => StatusCode::UNPROCESSABLE_ENTITY,
@@ -142,6 +147,7 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::UnknownPipeline { .. } => "unknown_pipeline",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unauthorized => "unauthorized",
             Self::Feedback(e) => match e {
                 FeedbackError::NotJudged { .. } => "feedback_not_taken",
                 FeedbackError::UnknownRun { .. } => "unknown_run",
@@ -213,6 +219,11 @@ impl IntoResponse for ApiError {
         };
         error["trace_id"] = json!(trace_id);
         let mut response = (status, Json(json!({ "error": error }))).into_response();
+        if let Self::Unauthorized = &self {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Self::Overloaded { retry_after_s } = &self {
             response
                 .headers_mut()

@@ -276,6 +276,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 feedback_delay_secs,
                 degrade: degrade_model.0,
                 degrade_share,
+                feedback_token: feedback_token()?,
             };
             let _telemetry = telemetry::init(&TelemetryConfig::from_env()?)?;
             let summary = loadgen::run(config, server::shutdown_signal()).await?;
@@ -363,14 +364,23 @@ async fn serve(
         .await
         .context("cannot start the sentiment scoring endpoint")?;
     let reviews = sentiment::pipeline(telemetry.meter(), scorer)?;
-    let server = Server::builder()
+    let mut builder = Server::builder()
         .telemetry(&telemetry)
         .pipeline(planner::served(pipeline))
         .pipeline(sentiment::served(reviews))
         .concurrency(concurrency)
-        .shutdown_grace(grace)
-        .build()?;
+        .shutdown_grace(grace);
+    let feedback_token = feedback_token()?;
+    let feedback_protected = feedback_token.is_some();
+    if let Some(token) = feedback_token {
+        builder = builder.feedback_token(token);
+    }
+    let server = builder.build().map_err(|e| match e {
+        server::ServerError::FeedbackToken(e) => anyhow::anyhow!("{FEEDBACK_TOKEN_VAR}: {e}"),
+        e => e.into(),
+    })?;
     tracing::info!(
+        feedback_token_required = feedback_protected,
         max_concurrent_runs = concurrency.limit,
         run_queue = concurrency.queue,
         shutdown_grace_s = grace.as_secs_f64(),
@@ -383,6 +393,21 @@ async fn serve(
     server::run(server, addr, telemetry)
         .await
         .with_context(|| format!("cannot serve on --addr {addr}"))
+}
+
+/// The variable holding the token feedback needs (read from the
+/// environment only, so it never shows in a process listing).
+const FEEDBACK_TOKEN_VAR: &str = "PIPELENS_FEEDBACK_TOKEN";
+
+/// The feedback token, if `PIPELENS_FEEDBACK_TOKEN` is set.
+fn feedback_token() -> anyhow::Result<Option<String>> {
+    match std::env::var(FEEDBACK_TOKEN_VAR) {
+        Ok(token) => Ok(Some(token)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("{FEEDBACK_TOKEN_VAR} is not valid UTF-8")
+        }
+    }
 }
 
 /// Parses `--max-failure-ratio` and the load generator's shares: a share in
