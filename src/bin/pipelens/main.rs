@@ -104,6 +104,15 @@ enum Command {
         /// random suffix.
         #[arg(long)]
         batch_id: Option<String>,
+        /// Run only the inputs whose line (or array element) number is
+        /// INDEX modulo COUNT; each result keeps its line number from the
+        /// whole file. COUNT at least 1, INDEX from 0 to COUNT-1.
+        #[arg(long, value_name = "INDEX/COUNT", value_parser = batch::parse_shard, conflicts_with = "shards")]
+        shard: Option<batch::Shard>,
+        /// Split the batch into COUNT shards and run the one whose INDEX is
+        /// JOB_COMPLETION_INDEX (set by a Kubernetes Indexed Job).
+        #[arg(long, value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+        shards: Option<u64>,
     },
     /// Drive a running service with a realistic mix of rooms and reviews,
     /// sending reviews' true labels back as delayed feedback.
@@ -229,14 +238,20 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             fail_fast,
             max_failure_ratio,
             batch_id,
+            shard,
+            shards,
         } => {
             let cores = std::thread::available_parallelism().map_or(2, usize::from);
+            let job_index = std::env::var(batch::JOB_COMPLETION_INDEX).ok();
+            let shard = batch::Shard::resolve(shard, shards, job_index.as_deref())
+                .map_err(anyhow::Error::msg)?;
             let args = batch::BatchArgs {
                 input,
                 output,
                 concurrency: concurrency.map_or(2 * cores, |n| n as usize),
                 fail_fast,
                 max_failure_ratio,
+                shard,
             };
             let batch_id = batch_id.unwrap_or_else(|| {
                 let secs = std::time::SystemTime::now()
@@ -424,6 +439,21 @@ async fn run_batch(args: batch::BatchArgs, batch_id: String) -> anyhow::Result<(
     config
         .resource_attributes
         .push(("batch_id".to_owned(), batch_id.clone()));
+    if args.shard != batch::Shard::WHOLE {
+        config
+            .resource_attributes
+            .push(("batch_shard".to_owned(), args.shard.to_string()));
+        // Shards of one batch push the same series but for their instance:
+        // without one of their own, each push would overwrite the others'.
+        let own_instance = std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+            .is_ok_and(|a| a.contains("service.instance.id="));
+        if !own_instance {
+            config.resource_attributes.push((
+                "service.instance.id".to_owned(),
+                format!("{batch_id}-shard-{}", args.shard.index),
+            ));
+        }
+    }
     if std::env::var_os("RUST_LOG").is_none() {
         // A line per run (and a WARN per low-confidence model) would bury
         // the progress bar and the summary: stderr shows errors only, while
@@ -437,7 +467,11 @@ async fn run_batch(args: batch::BatchArgs, batch_id: String) -> anyhow::Result<(
     let ended = batch::run(&pipeline, decode, &args).await;
     tokio::task::spawn_blocking(move || telemetry.shutdown()).await??;
     let ended = ended?;
-    eprint!("batch {batch_id}: {}", ended.summary);
+    if args.shard == batch::Shard::WHOLE {
+        eprint!("batch {batch_id}: {}", ended.summary);
+    } else {
+        eprint!("batch {batch_id} shard {}: {}", args.shard, ended.summary);
+    }
     if !ended.passed {
         bail!(
             "{} of {} inputs failed (ratio {:.4}, --max-failure-ratio {}{})",
