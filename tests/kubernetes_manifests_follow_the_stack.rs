@@ -1602,3 +1602,32 @@ fn compose_defaults_and_memory_units_are_read_as_compose_does() {
     assert_eq!(kubernetes_memory("256m"), None);
     assert_eq!(dns_name("Pipelens_Overview v2"), "pipelens-overview-v2");
 }
+
+#[test]
+fn the_charts_prometheus_promotes_what_composes_does() {
+    let strings = |v: &Yaml| -> Vec<String> {
+        v.as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(yaml_str)
+            .collect()
+    };
+    let compose_side =
+        strings(&yaml_file("prometheus/prometheus.yml")["otlp"]["promote_resource_attributes"]);
+    let chart_side = strings(
+        &yaml_file(HELM_VALUES)["prometheus"]["prometheusSpec"]["otlp"]
+            ["promoteResourceAttributes"],
+    );
+    assert!(
+        compose_side.iter().any(|a| a == "batch_id"),
+        "prometheus.yml does not promote batch_id: {compose_side:?}"
+    );
+    assert_eq!(
+        chart_side, compose_side,
+        "{HELM_VALUES}: prometheus.prometheusSpec.otlp.promoteResourceAttributes"
+    );
+    assert_eq!(
+        yaml_file(HELM_VALUES)["prometheus"]["prometheusSpec"]["enableOTLPReceiver"].as_bool(),
+        Some(true)
+    );
+}

@@ -1579,7 +1579,7 @@ fn promtool_checks_the_config_and_the_rules() {
     // The shipped config, with rule_files pointing at the files the
     // container would load (resolved through the compose mounts), so the
     // check does not depend on where the file sits.
-    let mut config = yaml_file("prometheus/prometheus.yml");
+    let mut config = prometheus_config_for_2_42();
     let rule_files = prometheus_rule_files();
     config["rule_files"] = Yaml::Sequence(
         rule_files
@@ -1603,16 +1603,49 @@ fn promtool_checks_the_config_and_the_rules() {
         rule_files.len()
     );
 
-    // The shipped file in place too (rule_files relative to it).
-    let (ok, out) = run(Command::new(&promtool).current_dir(repo()).args([
+    // The shipped file as it sits beside its rules (rule_files relative to
+    // it), but for the Prometheus 3 keys: a copy next to a link to the rules.
+    let beside = dir.path().join("beside");
+    std::fs::create_dir(&beside).unwrap();
+    std::os::unix::fs::symlink(repo().join("prometheus/rules"), beside.join("rules")).unwrap();
+    let in_place = prometheus_config_for_2_42();
+    assert_eq!(
+        in_place["rule_files"],
+        yaml_file("prometheus/prometheus.yml")["rule_files"]
+    );
+    std::fs::write(
+        beside.join("prometheus.yml"),
+        serde_yaml_ng::to_string(&in_place).unwrap(),
+    )
+    .unwrap();
+    let (ok, out) = run(Command::new(&promtool).current_dir(&beside).args([
         "check",
         "config",
-        "prometheus/prometheus.yml",
+        "prometheus.yml",
     ]));
     assert!(
         ok,
-        "promtool check config on the shipped file in place failed:\n{out}"
+        "promtool check config on the shipped file beside its rules failed:\n{out}"
     );
+    // Only the keys Prometheus 3 needs are left out, and 2.42 does refuse
+    // them (if it took them, they would not need leaving out).
+    let full = yaml_file("prometheus/prometheus.yml");
+    for key in PROMETHEUS_3_ONLY {
+        assert!(full.get(*key).is_some(), "prometheus.yml has no {key}");
+        let mut only_that = in_place.clone();
+        only_that[*key] = full[*key].clone();
+        let path = beside.join("with-key.yml");
+        std::fs::write(&path, serde_yaml_ng::to_string(&only_that).unwrap()).unwrap();
+        let (ok, out) = run(Command::new(&promtool).current_dir(&beside).args([
+            "check",
+            "config",
+            "with-key.yml",
+        ]));
+        assert!(
+            !ok && out.contains(&format!("field {key} not found")),
+            "promtool 2.42 takes `{key}` now: drop it from PROMETHEUS_3_ONLY\n{out}"
+        );
+    }
 
     let shipped = files_in("prometheus/rules", &["yml", "yaml"]);
     assert!(!shipped.is_empty(), "prometheus/rules holds no rule file");
