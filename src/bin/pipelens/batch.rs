@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, IsTerminal as _, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
@@ -185,7 +185,7 @@ where
     // results are not going to a pipe.
     let show_bar = std::io::stderr().is_terminal()
         && (args.output.is_some() || std::io::stdout().is_terminal());
-    let mut bar = Progress::new(show_bar, total, read);
+    let bar = Progress::new(show_bar, total, read);
 
     let shard = args.shard;
     // Another shard's inputs are skipped, not counted; a read error stops
@@ -226,12 +226,18 @@ where
                 invalid_line(position, e)
             }
         };
-        if args.output.is_none() {
-            // Results share the terminal with the bar.
-            bar.clear();
+        if args.output.is_none() && show_bar {
+            // Results share the terminal with the bar: the bar steps aside
+            // while a whole line is written and flushed, then comes back.
+            bar.suspend(|| -> std::io::Result<()> {
+                serde_json::to_writer(&mut out, &line)?;
+                out.write_all(b"\n")?;
+                out.flush()
+            })?;
+        } else {
+            serde_json::to_writer(&mut out, &line)?;
+            out.write_all(b"\n")?;
         }
-        serde_json::to_writer(&mut out, &line)?;
-        out.write_all(b"\n")?;
         bar.update(&summary);
         if args.fail_fast && summary.failures() > 0 {
             stopped = true;
@@ -288,81 +294,64 @@ fn tokio_stream_of<T: Send + 'static>(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// A one-line progress bar on stderr, redrawn at most ten times a second,
-/// with `\r` only: no colour or cursor escape codes.
+/// A one-line progress bar on stderr (indicatif), redrawn at most ten times
+/// a second: the share of the input read with its ETA (for a file), inputs
+/// done and failed, and the rate. Hidden — nothing written at all — unless
+/// the caller says someone watches.
 struct Progress {
-    enabled: bool,
-    total_bytes: Option<u64>,
+    bar: indicatif::ProgressBar,
     read: Arc<AtomicU64>,
     started: Instant,
-    drawn: Option<Instant>,
-    width: usize,
 }
 
 impl Progress {
     fn new(enabled: bool, total_bytes: Option<u64>, read: Arc<AtomicU64>) -> Self {
+        let target = if enabled {
+            indicatif::ProgressDrawTarget::stderr_with_hz(10)
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        };
+        let (bar, template) = match total_bytes.filter(|t| *t > 0) {
+            Some(total) => (
+                indicatif::ProgressBar::with_draw_target(Some(total), target),
+                "[{bar:20}] {percent:>3}% {msg}, ETA {eta_precise}",
+            ),
+            None => (
+                indicatif::ProgressBar::with_draw_target(None, target),
+                "{msg}",
+            ),
+        };
+        // The template is a constant: it parses.
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("#-"));
+        }
         Self {
-            enabled,
-            total_bytes,
+            bar,
             read,
             started: Instant::now(),
-            drawn: None,
-            width: 0,
         }
     }
 
-    fn update(&mut self, summary: &Summary) {
-        let recent = self
-            .drawn
-            .is_some_and(|t| t.elapsed() < Duration::from_millis(100));
-        if !self.enabled || (recent && self.width > 0) {
-            return;
-        }
-        self.drawn = Some(Instant::now());
+    fn update(&self, summary: &Summary) {
         let elapsed = self.started.elapsed().as_secs_f64();
         let rate = summary.inputs as f64 / elapsed.max(1e-9);
-        let mut text = format!(
+        self.bar.set_position(self.read.load(Ordering::Relaxed));
+        self.bar.set_message(format!(
             "{} done, {} failed, {:.0}/s",
             summary.inputs,
             summary.failures(),
             rate
-        );
-        if let Some(total) = self.total_bytes.filter(|t| *t > 0) {
-            let share = (self.read.load(Ordering::Relaxed) as f64 / total as f64).min(1.0);
-            let filled = (share * 20.0).round() as usize;
-            let eta = if share > 0.0 {
-                elapsed * (1.0 - share) / share
-            } else {
-                0.0
-            };
-            text = format!(
-                "[{}{}] {:>3.0}% {text}, ETA {}",
-                "#".repeat(filled),
-                "-".repeat(20 - filled),
-                share * 100.0,
-                clock(eta)
-            );
-        }
-        let pad = self.width.saturating_sub(text.len());
-        self.width = text.len();
-        eprint!("\r{text}{}", " ".repeat(pad));
+        ));
     }
 
-    fn clear(&mut self) {
-        if self.enabled && self.width > 0 {
-            eprint!("\r{}\r", " ".repeat(self.width));
-            self.width = 0;
-        }
+    /// Hides the bar while `write` runs, then draws it again.
+    fn suspend<R>(&self, write: impl FnOnce() -> R) -> R {
+        self.bar.suspend(write)
     }
 
-    fn finish(&mut self) {
-        self.clear();
+    fn finish(&self) {
+        self.bar.finish_and_clear();
     }
-}
-
-fn clock(seconds: f64) -> String {
-    let s = seconds.round() as u64;
-    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 #[cfg(test)]
