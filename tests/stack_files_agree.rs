@@ -408,21 +408,18 @@ fn container_paths_in_configs_resolve_through_mounts() {
                 }
             }
         }
-        // The learned drift reference is written at run time into a
-        // read-only container: it must land on a named volume, or it would
-        // fail to save (and a new container would forget it).
-        match environment(p).get("PIPELENS_DRIFT_REFERENCE") {
+        // The learned drift references are written at run time into a
+        // read-only container: their directory must be on a named volume
+        // (or under one), or they would fail to save (and a new container
+        // would forget them).
+        match environment(p).get("PIPELENS_DRIFT_REFERENCE_DIR") {
             None => problems.push(
-                "pipelens: PIPELENS_DRIFT_REFERENCE is unset, so the drift reference is \
+                "pipelens: PIPELENS_DRIFT_REFERENCE_DIR is unset, so the drift references are \
                  learned again on every restart"
                     .to_owned(),
             ),
             Some(file) => {
-                let dir = std::path::Path::new(file)
-                    .parent()
-                    .and_then(|d| d.to_str())
-                    .unwrap_or_default()
-                    .to_owned();
+                let dir = file.trim_end_matches('/').to_owned();
                 let (_, named) = service_volumes(p);
                 let on_volume = p["volumes"]
                     .as_sequence()
@@ -433,11 +430,13 @@ fn container_paths_in_configs_resolve_through_mounts() {
                         let (source, target) = v.split_once(':')?;
                         Some((source.to_owned(), target.split(':').next()?.to_owned()))
                     })
-                    .any(|(source, target)| named.contains(&source) && target == dir);
+                    .any(|(source, target)| {
+                        named.contains(&source)
+                            && (target == dir || dir.starts_with(&format!("{target}/")))
+                    });
                 if !on_volume {
                     problems.push(format!(
-                        "pipelens: PIPELENS_DRIFT_REFERENCE {file} is not in a directory a \
-                         named volume is mounted on"
+                        "pipelens: PIPELENS_DRIFT_REFERENCE_DIR {file} is not on a named volume"
                     ));
                 }
             }
