@@ -97,7 +97,7 @@ fn write_faults(path: &Path, json: &str) {
 /// scraping `service`, `prometheus` and `alertmanager`, the shipped rule
 /// files, alerts to `alertmanager`.
 fn prometheus_config(service: &str, prometheus: &str, alertmanager: &str) -> (Yaml, String) {
-    let mut config = yaml_file("prometheus/prometheus.yml");
+    let mut config = prometheus_config_for_2_42();
     for (k, v) in [
         ("scrape_interval", "1s"),
         ("scrape_timeout", "1s"),

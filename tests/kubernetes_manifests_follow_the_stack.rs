@@ -58,6 +58,7 @@ const GENERATED_DASHBOARDS: &str = "deploy/kubernetes/monitoring/generated/grafa
 const APP_SERVICE: &str = "deploy/kubernetes/app/pipelens.yaml";
 const APP_LOADGEN: &str = "deploy/kubernetes/app/loadgen.yaml";
 const APP_COLLECTOR: &str = "deploy/kubernetes/app/otel-collector.yaml";
+const BATCH_JOB: &str = "deploy/kubernetes/batch/job.yaml";
 const SERVICE_MONITORS: &str = "deploy/kubernetes/monitoring/servicemonitors.yaml";
 const DATASOURCES: &str = "deploy/kubernetes/monitoring/grafana-datasources.yaml";
 const HELM_VALUES: &str = "deploy/kubernetes/helm/kube-prometheus-stack-values.yaml";
@@ -1307,12 +1308,17 @@ fn the_load_generator_runs_what_compose_runs() {
 fn every_pod_is_hardened_and_bounded() {
     let mut problems = Vec::new();
     let mut deployments = 0;
-    for rel in [APP_SERVICE, APP_LOADGEN, APP_COLLECTOR] {
+    let mut jobs = 0;
+    for rel in [APP_SERVICE, APP_LOADGEN, APP_COLLECTOR, BATCH_JOB] {
         for deployment in manifest_objects(rel)
             .iter()
-            .filter(|o| o["kind"].as_str() == Some("Deployment"))
+            .filter(|o| matches!(o["kind"].as_str(), Some("Deployment" | "Job")))
         {
-            deployments += 1;
+            if deployment["kind"].as_str() == Some("Job") {
+                jobs += 1;
+            } else {
+                deployments += 1;
+            }
             let name = deployment["metadata"]["name"].as_str().unwrap_or("?");
             let pod = pod_spec(deployment);
             if pod["automountServiceAccountToken"].as_bool() != Some(false) {
@@ -1369,7 +1375,78 @@ fn every_pod_is_hardened_and_bounded() {
         deployments, 3,
         "the service, the load generator and the collector"
     );
+    assert_eq!(jobs, 1, "the batch Job");
     assert_no_problems("pod hardening", &problems);
+}
+
+#[test]
+fn the_batch_job_runs_one_shard_per_index_and_pushes_to_the_collector() {
+    let objects = manifest_objects(BATCH_JOB);
+    let job = find(&objects, "Job", "pipelens-batch");
+    let spec = &job["spec"];
+    let shards = spec["completions"].as_u64().expect("completions");
+    let c = container(job, "batch");
+    let args: Vec<&str> = c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| *a == name)
+            .and_then(|i| args.get(i + 1).copied())
+    };
+    let env = container_env(c);
+    let collector = manifest_objects(APP_COLLECTOR);
+    let collector_service = find(&collector, "Service", "otel-collector");
+    let http_port = service_port(collector_service, "otlp-http").map(|(p, _)| p);
+    let mut problems = Vec::new();
+    for (what, ok) in [
+        (
+            "completionMode Indexed",
+            spec["completionMode"].as_str() == Some("Indexed"),
+        ),
+        (
+            "parallelism = completions",
+            spec["parallelism"].as_u64() == Some(shards),
+        ),
+        ("pipelens run", args.first() == Some(&"run")),
+        (
+            "--shards = completions",
+            flag("--shards").and_then(|n| n.parse().ok()) == Some(shards),
+        ),
+        (
+            "a --batch-id shared by the shards",
+            flag("--batch-id") == Some("$(BATCH_ID)"),
+        ),
+        (
+            "a result file per shard",
+            flag("--output").is_some_and(|o| o.contains("$(SHARD_INDEX)")),
+        ),
+        (
+            "metrics pushed over OTLP",
+            env.get("OTEL_METRICS_EXPORTER").map(String::as_str) == Some("otlp"),
+        ),
+        (
+            "to the collector's OTLP/HTTP port",
+            http_port.is_some_and(|p| {
+                env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+                    .map(String::as_str)
+                    == Some(format!("http://otel-collector:{p}/v1/metrics").as_str())
+            }),
+        ),
+        (
+            "an instance per shard",
+            env.get("OTEL_RESOURCE_ATTRIBUTES")
+                .is_some_and(|a| a.contains("service.instance.id=$(POD_NAME)")),
+        ),
+    ] {
+        if !ok {
+            problems.push(format!("{BATCH_JOB}: no {what}"));
+        }
+    }
+    assert_no_problems("the batch Job", &problems);
 }
 
 #[test]
@@ -1638,4 +1715,33 @@ fn compose_defaults_and_memory_units_are_read_as_compose_does() {
     // Kubernetes' "m" is milli: not a memory size anyone means.
     assert_eq!(kubernetes_memory("256m"), None);
     assert_eq!(dns_name("Pipelens_Overview v2"), "pipelens-overview-v2");
+}
+
+#[test]
+fn the_charts_prometheus_promotes_what_composes_does() {
+    let strings = |v: &Yaml| -> Vec<String> {
+        v.as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(yaml_str)
+            .collect()
+    };
+    let compose_side =
+        strings(&yaml_file("prometheus/prometheus.yml")["otlp"]["promote_resource_attributes"]);
+    let chart_side = strings(
+        &yaml_file(HELM_VALUES)["prometheus"]["prometheusSpec"]["otlp"]
+            ["promoteResourceAttributes"],
+    );
+    assert!(
+        compose_side.iter().any(|a| a == "batch_id"),
+        "prometheus.yml does not promote batch_id: {compose_side:?}"
+    );
+    assert_eq!(
+        chart_side, compose_side,
+        "{HELM_VALUES}: prometheus.prometheusSpec.otlp.promoteResourceAttributes"
+    );
+    assert_eq!(
+        yaml_file(HELM_VALUES)["prometheus"]["prometheusSpec"]["enableOTLPReceiver"].as_bool(),
+        Some(true)
+    );
 }

@@ -69,7 +69,7 @@ async fn every_contract_metric_is_exported_with_its_labels_and_passes_promtool()
             r#"ml_pipeline_runs_total{{outcome="success",pipeline="ceiling-layout"}} {MIX_ROOMS}"#
         ),
         r#"http_server_request_duration_seconds_count{http_request_method="POST",http_response_status_code="422",http_route="/v1/pipelines/ceiling-layout/runs"} 1"#,
-        r#"ml_model_loaded{model_name="smoke_detector",model_version="1.0.0"} 1"#,
+        r#"ml_model_loaded{model_name="smoke_detector",model_version="1.0.0",pipeline="ceiling-layout"} 1"#,
     ] {
         assert!(text.contains(needle), "missing {needle}:\n{text}");
     }

@@ -178,8 +178,8 @@ async fn the_sentiment_example_classifies_traces_and_refuses_bad_input() {
         r#"ml_pipeline_runs_total{outcome="success",pipeline="sentiment"} 2"#,
         r#"ml_model_executions_total{model_name="remote_logistic",outcome="success",pipeline="sentiment",stage="classify"} 2"#,
         r#"ml_model_execution_duration_seconds_count{model_name="tokenize",pipeline="sentiment",stage="tokenize"} 2"#,
-        r#"ml_model_loaded{model_name="naive_bayes",model_version="1.0.0"} 1"#,
-        r#"ml_model_loaded{model_name="remote_logistic",model_version="1.0.0"} 1"#,
+        r#"ml_model_loaded{model_name="naive_bayes",model_version="1.0.0",pipeline="sentiment"} 1"#,
+        r#"ml_model_loaded{model_name="remote_logistic",model_version="1.0.0",pipeline="sentiment"} 1"#,
         r#"http_server_request_duration_seconds_count{http_request_method="POST",http_response_status_code="422",http_route="/v1/pipelines/sentiment/runs"} 6"#,
     ] {
         assert!(metrics.contains(needle), "missing {needle}:\n{metrics}");

@@ -414,21 +414,18 @@ fn container_paths_in_configs_resolve_through_mounts() {
                 }
             }
         }
-        // The learned drift reference is written at run time into a
-        // read-only container: it must land on a named volume, or it would
-        // fail to save (and a new container would forget it).
-        match environment(p).get("PIPELENS_DRIFT_REFERENCE") {
+        // The learned drift references are written at run time into a
+        // read-only container: their directory must be on a named volume
+        // (or under one), or they would fail to save (and a new container
+        // would forget them).
+        match environment(p).get("PIPELENS_DRIFT_REFERENCE_DIR") {
             None => problems.push(
-                "pipelens: PIPELENS_DRIFT_REFERENCE is unset, so the drift reference is \
+                "pipelens: PIPELENS_DRIFT_REFERENCE_DIR is unset, so the drift references are \
                  learned again on every restart"
                     .to_owned(),
             ),
             Some(file) => {
-                let dir = std::path::Path::new(file)
-                    .parent()
-                    .and_then(|d| d.to_str())
-                    .unwrap_or_default()
-                    .to_owned();
+                let dir = file.trim_end_matches('/').to_owned();
                 let (_, named) = service_volumes(p);
                 let on_volume = p["volumes"]
                     .as_sequence()
@@ -439,11 +436,13 @@ fn container_paths_in_configs_resolve_through_mounts() {
                         let (source, target) = v.split_once(':')?;
                         Some((source.to_owned(), target.split(':').next()?.to_owned()))
                     })
-                    .any(|(source, target)| named.contains(&source) && target == dir);
+                    .any(|(source, target)| {
+                        named.contains(&source)
+                            && (target == dir || dir.starts_with(&format!("{target}/")))
+                    });
                 if !on_volume {
                     problems.push(format!(
-                        "pipelens: PIPELENS_DRIFT_REFERENCE {file} is not in a directory a \
-                         named volume is mounted on"
+                        "pipelens: PIPELENS_DRIFT_REFERENCE_DIR {file} is not on a named volume"
                     ));
                 }
             }
@@ -1913,7 +1912,7 @@ fn promtool_checks_the_config_and_the_rules() {
     // The shipped config, with rule_files pointing at the files the
     // container would load (resolved through the compose mounts), so the
     // check does not depend on where the file sits.
-    let mut config = yaml_file("prometheus/prometheus.yml");
+    let mut config = prometheus_config_for_2_42();
     let rule_files = prometheus_rule_files();
     config["rule_files"] = Yaml::Sequence(
         rule_files
@@ -1937,16 +1936,49 @@ fn promtool_checks_the_config_and_the_rules() {
         rule_files.len()
     );
 
-    // The shipped file in place too (rule_files relative to it).
-    let (ok, out) = run(Command::new(&promtool).current_dir(repo()).args([
+    // The shipped file as it sits beside its rules (rule_files relative to
+    // it), but for the Prometheus 3 keys: a copy next to a link to the rules.
+    let beside = dir.path().join("beside");
+    std::fs::create_dir(&beside).unwrap();
+    std::os::unix::fs::symlink(repo().join("prometheus/rules"), beside.join("rules")).unwrap();
+    let in_place = prometheus_config_for_2_42();
+    assert_eq!(
+        in_place["rule_files"],
+        yaml_file("prometheus/prometheus.yml")["rule_files"]
+    );
+    std::fs::write(
+        beside.join("prometheus.yml"),
+        serde_yaml_ng::to_string(&in_place).unwrap(),
+    )
+    .unwrap();
+    let (ok, out) = run(Command::new(&promtool).current_dir(&beside).args([
         "check",
         "config",
-        "prometheus/prometheus.yml",
+        "prometheus.yml",
     ]));
     assert!(
         ok,
-        "promtool check config on the shipped file in place failed:\n{out}"
+        "promtool check config on the shipped file beside its rules failed:\n{out}"
     );
+    // Only the keys Prometheus 3 needs are left out, and 2.42 does refuse
+    // them (if it took them, they would not need leaving out).
+    let full = yaml_file("prometheus/prometheus.yml");
+    for key in PROMETHEUS_3_ONLY {
+        assert!(full.get(*key).is_some(), "prometheus.yml has no {key}");
+        let mut only_that = in_place.clone();
+        only_that[*key] = full[*key].clone();
+        let path = beside.join("with-key.yml");
+        std::fs::write(&path, serde_yaml_ng::to_string(&only_that).unwrap()).unwrap();
+        let (ok, out) = run(Command::new(&promtool).current_dir(&beside).args([
+            "check",
+            "config",
+            "with-key.yml",
+        ]));
+        assert!(
+            !ok && out.contains(&format!("field {key} not found")),
+            "promtool 2.42 takes `{key}` now: drop it from PROMETHEUS_3_ONLY\n{out}"
+        );
+    }
 
     let shipped = files_in("prometheus/rules", &["yml", "yaml"]);
     assert!(!shipped.is_empty(), "prometheus/rules holds no rule file");
@@ -2247,7 +2279,7 @@ fn pipeline_level_dashboard_queries_follow_the_pipeline_variable() {
             .iter()
             .any(|(name, _)| carries_pipeline(name, &recorded))
         {
-            continue; // e.g. ml_model_loaded, which is per model, not per pipeline
+            continue; // a series without a pipeline label (HTTP, up, exporter health)
         }
         for (name, matchers) in selectors {
             if !carries_pipeline(&name, &recorded) {

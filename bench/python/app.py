@@ -317,7 +317,7 @@ class Metrics:
         loaded = Gauge(
             "ml_model_loaded",
             "1 while the model is loaded in a pipeline",
-            ["model_name", "model_version"],
+            ["pipeline", "model_name", "model_version"],
         )
         runs = Counter(
             "ml_pipeline_runs_total", "Pipeline runs by outcome", ["pipeline", "outcome"]
@@ -348,7 +348,7 @@ class Metrics:
                 confidence.labels(PIPELINE, m.name),
                 selected.labels(PIPELINE, STAGE, m.name),
             )
-            loaded.labels(m.name, m.version).set(1)
+            loaded.labels(PIPELINE, m.name, m.version).set(1)
         self.runs = {o: runs.labels(PIPELINE, o) for o in ("success", "failure")}
         self.run_duration = run_duration.labels(PIPELINE)
         self._http: dict[tuple[str, str, int], Any] = {}

@@ -12,6 +12,7 @@ mod monitor;
 mod profile;
 mod psi;
 mod spec;
+mod store;
 mod window;
 
 pub(crate) use monitor::prediction_monitor;
@@ -19,6 +20,8 @@ pub use monitor::DriftMonitor;
 pub use profile::{FeatureProfile, Profile, ProfileError};
 pub use psi::psi;
 pub use spec::DriftSpec;
+pub use store::PipelineReferences;
+pub(crate) use store::{Part, ReferenceFile};
 pub use window::DriftWindow;
 
 /// The smallest share a bin counts with in [`psi`], so empty bins stay

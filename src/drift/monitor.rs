@@ -6,7 +6,7 @@ use opentelemetry::metrics::{Counter, Gauge, Meter};
 use opentelemetry::KeyValue;
 
 use super::spec::{Category, Extract};
-use super::{DriftSpec, DriftWindow, Feature, Profile};
+use super::{DriftSpec, DriftWindow, Feature, Part, Profile, ReferenceFile};
 use crate::names;
 
 /// Samples waiting for the drift thread; beyond, they are dropped and
@@ -58,7 +58,7 @@ impl<In> DriftMonitor<In> {
                 ]
             })
             .collect();
-        Self::start(meter, pipeline, spec, gauge, labels)
+        Self::start(meter, pipeline, spec, gauge, labels, Part::Features)
     }
 
     /// Starts the thread that folds samples of `spec`'s features in and
@@ -69,6 +69,7 @@ impl<In> DriftMonitor<In> {
         spec: DriftSpec<In>,
         gauge: Gauge<f64>,
         labels: Vec<Vec<KeyValue>>,
+        part: Part,
     ) -> Self {
         let stored = match (&spec.reference, &spec.persist_to) {
             (Some(profile), _) => match profile.validate() {
@@ -87,7 +88,12 @@ impl<In> DriftMonitor<In> {
             },
             _ => None,
         };
-        let persist = spec.persist_to.filter(|_| stored.is_none());
+        let persist = match (&stored, spec.store, spec.persist_to) {
+            (Some(_), ..) => None,
+            (None, Some(file), _) => Some(Persist::Store(file, part)),
+            (None, None, Some(path)) => Some(Persist::File(path)),
+            (None, None, None) => None,
+        };
         let (categorical, category_names): (Vec<Category<In>>, Vec<&'static str>) = spec
             .categorical
             .into_iter()
@@ -162,19 +168,24 @@ pub(crate) fn prediction_monitor(
     pipeline: &str,
     stages: &[(String, usize)],
     sizes: (usize, usize, Duration),
+    reference: Option<Profile>,
+    store: Option<std::sync::Arc<ReferenceFile>>,
 ) -> DriftMonitor<()> {
     let mut features = Vec::new();
     let mut labels = Vec::new();
     for (stage, candidates) in stages {
-        // Feature names only label the window's bins here; the gauge's
-        // labels are the stage and signal. Leaked once per pipeline build.
-        let name: &'static str = Box::leak(stage.clone().into_boxed_str());
+        // Feature names name the window's bins in a saved reference (one
+        // name per feature); the gauge's labels are the stage and signal.
+        // Leaked once per pipeline build.
+        let name = |signal: &str| -> &'static str {
+            Box::leak(format!("{stage}.{signal}").into_boxed_str())
+        };
         features.push(Feature {
-            name,
+            name: name(names::SIGNAL_CONFIDENCE),
             edges: (1..10).map(|i| f64::from(i) / 10.0).collect(),
         });
         features.push(Feature {
-            name,
+            name: name(names::SIGNAL_SELECTED_MODEL),
             edges: (1..*candidates).map(|i| i as f64 - 0.5).collect(),
         });
         for signal in [names::SIGNAL_CONFIDENCE, names::SIGNAL_SELECTED_MODEL] {
@@ -192,11 +203,40 @@ pub(crate) fn prediction_monitor(
         )
         .build();
     let (reference_size, window_size, every) = sizes;
-    let spec = DriftSpec::new(features, |_: &()| Vec::new())
+    let mut spec = DriftSpec::new(features, |_: &()| Vec::new())
         .reference_size(reference_size)
         .window_size(window_size)
         .publish_every(every);
-    DriftMonitor::start(meter, pipeline, spec, gauge, labels)
+    if let Some(profile) = reference {
+        spec = spec.reference(profile);
+    }
+    spec.store = store;
+    DriftMonitor::start(meter, pipeline, spec, gauge, labels, Part::Predictions)
+}
+
+/// Where a learned reference is saved.
+enum Persist {
+    /// A profile file of its own ([`DriftSpec::persist_to`]).
+    File(std::path::PathBuf),
+    /// Its part of the pipeline's references file
+    /// ([`DriftSpec::references_in`]).
+    Store(std::sync::Arc<ReferenceFile>, Part),
+}
+
+impl Persist {
+    fn save(&self, profile: Profile) -> std::io::Result<()> {
+        match self {
+            Self::File(path) => profile.write(path),
+            Self::Store(file, part) => file.save(*part, profile),
+        }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Self::File(path) => path,
+            Self::Store(file, _) => file.path(),
+        }
+    }
 }
 
 /// Warns about each watched feature the profile holds with the other kind
@@ -226,7 +266,7 @@ fn fold(
     every: Duration,
     gauge: &Gauge<f64>,
     labels: &[Vec<KeyValue>],
-    mut persist: Option<std::path::PathBuf>,
+    mut persist: Option<Persist>,
 ) {
     use std::sync::mpsc::TryRecvError;
     let publish = |window: &DriftWindow| {
@@ -248,8 +288,8 @@ fn fold(
                     let had = window.has_reference();
                     window.record_with(&values, &categories);
                     if !had && window.has_reference() {
-                        if let (Some(path), Some(profile)) = (persist.take(), window.profile()) {
-                            save(&path, &profile);
+                        if let (Some(to), Some(profile)) = (persist.take(), window.profile()) {
+                            save(&to, profile);
                         }
                     }
                 }
@@ -272,12 +312,14 @@ fn fold(
     }
 }
 
-/// Writes the learned reference `profile` to `path`, saying how it went.
-fn save(path: &std::path::Path, profile: &Profile) {
-    match profile.write(path) {
-        Ok(()) => tracing::info!(path = %path.display(), "drift reference learned and saved"),
+/// Saves the learned reference `profile` where `to` says, saying how it
+/// went.
+fn save(to: &Persist, profile: Profile) {
+    let path = to.path().display();
+    match to.save(profile) {
+        Ok(()) => tracing::info!(path = %path, "drift reference learned and saved"),
         Err(e) => {
-            tracing::warn!(path = %path.display(), error.message = %e, "cannot save the drift reference")
+            tracing::warn!(path = %path, error.message = %e, "cannot save the drift reference")
         }
     }
 }

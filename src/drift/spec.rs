@@ -21,6 +21,10 @@ pub struct DriftSpec<In> {
     pub(super) publish_every: Duration,
     pub(super) reference: Option<Profile>,
     pub(super) persist_to: Option<std::path::PathBuf>,
+    pub(super) reference_dir: Option<std::path::PathBuf>,
+    /// Where a learned reference goes when a directory keeps it (set when
+    /// the pipeline is built).
+    pub(super) store: Option<std::sync::Arc<super::ReferenceFile>>,
 }
 
 impl<In> DriftSpec<In> {
@@ -40,6 +44,8 @@ impl<In> DriftSpec<In> {
             publish_every: Duration::from_secs(1),
             reference: None,
             persist_to: None,
+            reference_dir: None,
+            store: None,
         }
     }
 
@@ -113,6 +119,19 @@ impl<In> DriftSpec<In> {
         self
     }
 
+    /// Keeps the pipeline's references — the input features' and the
+    /// predictions' — in one file per pipeline, `dir/{pipeline}.json`
+    /// ([`PipelineReferences`](super::PipelineReferences)): each part read
+    /// at start if the file has it, otherwise learned from the first runs
+    /// and saved there once complete, so a restart resets neither. A
+    /// reference given with [`DriftSpec::reference`] wins over the file's
+    /// features part; [`DriftSpec::persist_to`] is for the features alone.
+    #[must_use]
+    pub fn references_in(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.reference_dir = Some(dir.into());
+        self
+    }
+
     /// Sets how many first inputs form the reference.
     #[must_use]
     pub fn reference_size(mut self, n: usize) -> Self {
@@ -140,5 +159,25 @@ impl<In> DriftSpec<In> {
     /// live window, and how often the PSI is published.
     pub(crate) fn sizes(&self) -> (usize, usize, Duration) {
         (self.reference_size, self.window_size, self.publish_every)
+    }
+
+    /// With [`DriftSpec::references_in`], opens `pipeline`'s file: takes
+    /// its features part as the reference (unless one was given), has a
+    /// learned one saved there, and returns the file and its predictions
+    /// part for the prediction monitor.
+    pub(crate) fn open_references(
+        &mut self,
+        pipeline: &str,
+    ) -> Option<(std::sync::Arc<super::ReferenceFile>, Option<Profile>)> {
+        let dir = self.reference_dir.as_ref()?;
+        let file = std::sync::Arc::new(super::ReferenceFile::new(super::PipelineReferences::path(
+            dir, pipeline,
+        )));
+        let stored = file.load();
+        if self.reference.is_none() {
+            self.reference = stored.features;
+        }
+        self.store = Some(std::sync::Arc::clone(&file));
+        Some((file, stored.predictions))
     }
 }

@@ -222,6 +222,7 @@ impl Binder {
             stage.kind == StageKind::Parallel,
         );
         let state = Arc::new(ModelState::new(
+            &self.pipeline,
             candidate.name,
             candidate.version,
             candidate.kind,

@@ -256,7 +256,10 @@ impl<In: Send + Sync + 'static, Out: Send + 'static> BoundModel<In, Out> {
             Err((error_type, message)) => {
                 self.metrics.error(error_type);
                 record_failure(span, outcome.as_str(), error_type, &message);
-                tracing::error!(
+                // An outcome, not a failure of the service: the other
+                // candidates may still serve; a run with no survivor gets
+                // its one ERROR line, `pipeline failed`, from the runner.
+                tracing::warn!(
                     stage.name = stage,
                     model.name = name,
                     model.outcome = outcome.as_str(),

@@ -1,5 +1,5 @@
 //! A model's load lifecycle: not loaded → loaded, or failed; exported as
-//! `ml_model_loaded{model_name, model_version}` (0 until loaded, 0 again
+//! `ml_model_loaded{pipeline, model_name, model_version}` (0 until loaded, 0 again
 //! after a failed load) and read by `/ready`.
 
 use std::panic::AssertUnwindSafe;
@@ -32,11 +32,12 @@ pub(crate) struct ModelState {
     loader: Arc<dyn Load>,
     /// The `ml_model_loaded` gauge and its labels; `None` for steps, which
     /// have nothing to load and are not models.
-    gauge: Option<(Gauge<u64>, [KeyValue; 2])>,
+    gauge: Option<(Gauge<u64>, [KeyValue; 3])>,
 }
 
 impl ModelState {
     pub(crate) fn new(
+        pipeline: &str,
         name: String,
         version: String,
         kind: ModelKind,
@@ -45,6 +46,7 @@ impl ModelState {
     ) -> Self {
         let gauge = (kind != ModelKind::Step).then(|| {
             let attrs = [
+                KeyValue::new(names::PIPELINE, pipeline.to_owned()),
                 KeyValue::new(names::MODEL_NAME, name.clone()),
                 KeyValue::new(names::MODEL_VERSION, version.clone()),
             ];

@@ -131,7 +131,7 @@ where
     /// and binds every model's label sets. Models are not loaded yet
     /// (`ml_model_loaded` = 0): [`Pipeline::load`] loads them, or each loads
     /// before its first execution.
-    pub fn build(self) -> Result<Pipeline<In, Out>, BuildError> {
+    pub fn build(mut self) -> Result<Pipeline<In, Out>, BuildError> {
         check_name("pipeline", &self.name)?;
         if self.stages == 0 {
             return Err(BuildError::NoStages {
@@ -162,13 +162,24 @@ where
             .filter(|s| s.kind == StageKind::Parallel)
             .map(|s| (s.name.clone(), s.models.len()))
             .collect();
+        // With a references directory, both monitors keep their part of
+        // the pipeline's file.
+        let references = self
+            .drift
+            .as_mut()
+            .and_then(|spec| spec.open_references(&self.name));
         let predictions = match &self.drift {
-            Some(spec) if !parallel.is_empty() => Some(crate::drift::prediction_monitor(
-                &meter,
-                &self.name,
-                &parallel,
-                spec.sizes(),
-            )),
+            Some(spec) if !parallel.is_empty() => {
+                let (store, reference) = references.map_or((None, None), |(f, r)| (Some(f), r));
+                Some(crate::drift::prediction_monitor(
+                    &meter,
+                    &self.name,
+                    &parallel,
+                    spec.sizes(),
+                    reference,
+                    store,
+                ))
+            }
             _ => None,
         };
         let drift = self

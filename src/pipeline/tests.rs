@@ -610,6 +610,35 @@ async fn model_loaded_is_zero_until_the_load_step_succeeds_and_zero_after_a_fail
 }
 
 #[tokio::test]
+async fn model_loaded_keeps_two_pipelines_with_the_same_model_apart() {
+    let (registry, provider) =
+        metrics_provider(opentelemetry_sdk::Resource::builder_empty().build()).unwrap();
+    let meter = opentelemetry::metrics::MeterProvider::meter(&provider, "test");
+    let build = |name: &str, ready: bool| {
+        Pipeline::<Trail, Trail>::builder(name)
+            .meter(meter.clone())
+            .stage(Stage::sequential("one").model(Warming {
+                ready: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(ready)),
+                loads: Default::default(),
+            }))
+            .build()
+            .unwrap()
+    };
+    let good = build("first", true);
+    let bad = build("second", false);
+    good.load().await.unwrap();
+    assert!(bad.load().await.is_err());
+
+    let text = encode_metrics(&registry);
+    for line in [
+        r#"ml_model_loaded{model_name="warming",model_version="3.1",pipeline="first"} 1"#,
+        r#"ml_model_loaded{model_name="warming",model_version="3.1",pipeline="second"} 0"#,
+    ] {
+        assert!(text.contains(line), "missing {line}:\n{text}");
+    }
+}
+
+#[tokio::test]
 async fn a_model_that_was_never_loaded_loads_before_its_first_run() {
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let h = Harness::new(

@@ -1,7 +1,7 @@
 //! The API's one error type: every failure becomes a status code and a JSON
 //! body `{"error": {"code", "message", "field"?}}`.
 
-use axum::http::header::RETRY_AFTER;
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,13 +13,26 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use crate::input::{FieldError, InputError};
 use crate::pipeline::{FeedbackError, RunError};
 
-/// The cause of a 5xx, attached to the response for the HTTP layer to log
-/// inside the request span (4xx are the caller's fault and are not logged).
+/// The cause of a 5xx that is a failure of the service, attached to the
+/// response for the HTTP layer to log inside the request span (4xx are the
+/// caller's fault and are not logged as errors).
 #[derive(Debug, Clone)]
-pub(crate) struct ServerErrorCause(pub(crate) String);
+pub(crate) struct ServerErrorCause {
+    /// What failed: the stage and its models, or the timeout.
+    pub(crate) message: String,
+    /// Whether the failure already has its ERROR line (a failed run is
+    /// logged by the runner as `pipeline failed`, naming the stage and
+    /// models), so the HTTP layer does not log it twice.
+    pub(crate) logged: bool,
+}
 
-/// Marks a 503 from admission control, which the HTTP layer counts but
-/// does not log: a line per refusal would add load exactly when the service
+/// Marks a 5xx that is an expected answer, not a failure (a `/ready` 503
+/// while models load or the server drains): counted, logged at DEBUG only.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Expected;
+
+/// Marks a 503 from admission control, which the HTTP layer counts and logs
+/// at DEBUG only: a line per refusal would add load exactly when the service
 /// has none to spare.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Refused;
@@ -83,6 +96,10 @@ pub enum ApiError {
     /// The route exists but not for this method.
     #[error("method not allowed on this path")]
     MethodNotAllowed,
+    /// Feedback without the bearer token the server requires (401 with
+    /// `WWW-Authenticate: Bearer`).
+    #[error("feedback needs the header `Authorization: Bearer <token>` with the server's feedback token")]
+    Unauthorized,
     /// Ground truth that cannot be recorded: unknown or expired run (404),
     /// a second truth for the same run (409), or a truth the judged stage
     /// cannot use (422 naming the field).
@@ -104,6 +121,7 @@ impl ApiError {
             }
             Self::NotFound | Self::UnknownPipeline { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Feedback(e) => match e {
                 FeedbackError::AlreadyJudged { .. } => StatusCode::CONFLICT,
                 e if e.field().is_some() => StatusCode::UNPROCESSABLE_ENTITY,
@@ -129,6 +147,7 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::UnknownPipeline { .. } => "unknown_pipeline",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unauthorized => "unauthorized",
             Self::Feedback(e) => match e {
                 FeedbackError::NotJudged { .. } => "feedback_not_taken",
                 FeedbackError::UnknownRun { .. } => "unknown_run",
@@ -200,6 +219,11 @@ impl IntoResponse for ApiError {
         };
         error["trace_id"] = json!(trace_id);
         let mut response = (status, Json(json!({ "error": error }))).into_response();
+        if let Self::Unauthorized = &self {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Self::Overloaded { retry_after_s } = &self {
             response
                 .headers_mut()
@@ -208,9 +232,10 @@ impl IntoResponse for ApiError {
             return response;
         }
         if status.is_server_error() {
-            response
-                .extensions_mut()
-                .insert(ServerErrorCause(self.to_string()));
+            response.extensions_mut().insert(ServerErrorCause {
+                message: self.to_string(),
+                logged: matches!(self, Self::PipelineFailed(_)),
+            });
         }
         response
     }

@@ -1,12 +1,12 @@
 //! The HTTP layer: a server span per request (continuing an incoming W3C
 //! `traceparent`), the OTel HTTP server metrics, the request timeout, and
-//! logging of 5xx causes inside the request span.
+//! logging of service failures inside the request span.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use opentelemetry::metrics::{Histogram, Meter, UpDownCounter};
@@ -16,7 +16,7 @@ use opentelemetry::KeyValue;
 use tracing::{field, Instrument};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::error::{ApiError, Refused, ServerErrorCause};
+use super::error::{ApiError, Expected, Refused, ServerErrorCause};
 use crate::names;
 use crate::telemetry::exemplars::{self, Series};
 
@@ -178,8 +178,8 @@ pub(crate) async fn observe(
     let status = response.status();
     let mut attrs = Vec::with_capacity(3);
     attrs.push(method_attr[0].clone());
-    if let Some(r) = route {
-        attrs.push(KeyValue::new(names::HTTP_ROUTE, r));
+    if let Some(r) = &route {
+        attrs.push(KeyValue::new(names::HTTP_ROUTE, r.clone()));
     }
     attrs.push(KeyValue::new(
         names::HTTP_RESPONSE_STATUS_CODE,
@@ -199,19 +199,41 @@ pub(crate) async fn observe(
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
-    // Admission refusals are counted in the HTTP metrics, not logged.
-    if status.is_server_error() && response.extensions().get::<Refused>().is_none() {
-        let cause = response
-            .extensions()
-            .get::<ServerErrorCause>()
-            .map_or("unknown", |c| c.0.as_str());
-        span.in_scope(|| {
-            tracing::error!(
-                http.response.status_code = status.as_u16(),
-                error.message = %cause,
-                "request failed"
-            );
-        });
-    }
+    log_answer(&span, status, &response, route_name);
     response
+}
+
+/// Logs an error answer inside the request span. Expected answers — 4xx
+/// (the caller's fault), a `/ready` 503 while models load or the server
+/// drains, a 503 `overloaded` refusal — are DEBUG lines: they are counted on
+/// `http_server_request_duration_seconds` and are not failures. A 5xx that
+/// is a failure of the service is one ERROR line saying what failed; a
+/// failed run already has its `pipeline failed` line from the runner, in the
+/// same trace, so it gets no second one.
+fn log_answer(span: &tracing::Span, status: StatusCode, response: &Response, route: &str) {
+    if !status.is_client_error() && !status.is_server_error() {
+        return;
+    }
+    let extensions = response.extensions();
+    let cause = extensions.get::<ServerErrorCause>();
+    let expected = status.is_client_error()
+        || extensions.get::<Refused>().is_some()
+        || extensions.get::<Expected>().is_some();
+    span.in_scope(|| match cause {
+        Some(cause) if cause.logged => {}
+        Some(cause) => tracing::error!(
+            http.response.status_code = status.as_u16(),
+            error.message = cause.message.as_str(),
+            "request failed"
+        ),
+        None if expected => tracing::debug!(
+            http.response.status_code = status.as_u16(),
+            "request answered with an error status"
+        ),
+        None => tracing::error!(
+            http.response.status_code = status.as_u16(),
+            error.message = %format_args!("route `{route}` answered {status} without a cause"),
+            "request failed"
+        ),
+    });
 }

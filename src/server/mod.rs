@@ -9,6 +9,7 @@
 //! [`Server::router`] in an existing axum app.
 
 mod admission;
+mod auth;
 mod endpoint;
 mod error;
 mod http_metrics;
@@ -28,11 +29,13 @@ use serde::Serialize;
 
 pub use crate::input::FieldError;
 pub use admission::Concurrency;
+pub use auth::TokenError;
 pub use endpoint::Served;
 pub use error::ApiError;
 
 use crate::telemetry::{Telemetry, TelemetryError};
 use admission::Admission;
+use auth::FeedbackToken;
 use endpoint::Endpoint;
 use http_metrics::HttpLayer;
 
@@ -94,6 +97,9 @@ pub enum ServerError {
         /// The grace period, in seconds.
         grace_s: f64,
     },
+    /// The feedback token cannot be used (the message never shows it).
+    #[error(transparent)]
+    FeedbackToken(#[from] TokenError),
     /// Telemetry could not be flushed at shutdown.
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
@@ -114,6 +120,7 @@ pub struct ServerBuilder {
     request_timeout: Duration,
     concurrency: Concurrency,
     shutdown_grace: Duration,
+    feedback_token: Option<String>,
 }
 
 impl ServerBuilder {
@@ -186,7 +193,20 @@ impl ServerBuilder {
         self
     }
 
-    /// Checks the pipeline names and builds the server.
+    /// Requires `Authorization: Bearer <token>` on every feedback route
+    /// (`POST /v1/pipelines/{name}/runs/{run_id}/feedback`): without it or
+    /// with another token the answer is 401 with the JSON error body. The
+    /// token is compared in constant time and never logged. Unset (the
+    /// default), anyone who reaches the port may send feedback. The binary
+    /// reads it from `PIPELENS_FEEDBACK_TOKEN`.
+    #[must_use]
+    pub fn feedback_token(mut self, token: impl Into<String>) -> Self {
+        self.feedback_token = Some(token.into());
+        self
+    }
+
+    /// Checks the pipeline names and the feedback token and builds the
+    /// server.
     pub fn build(self) -> Result<Server, ServerError> {
         if self.endpoints.is_empty() {
             return Err(ServerError::NoPipelines);
@@ -203,7 +223,13 @@ impl ServerBuilder {
                 return Err(ServerError::DuplicatePipeline(name.to_owned()));
             }
         }
+        let feedback_token = self
+            .feedback_token
+            .as_deref()
+            .map(FeedbackToken::new)
+            .transpose()?;
         Ok(Server {
+            feedback_token,
             meter: self
                 .meter
                 .unwrap_or_else(|| opentelemetry::global::meter("pipelens")),
@@ -238,6 +264,7 @@ pub struct Server {
     admission: Arc<Admission>,
     loading: Arc<AtomicBool>,
     shutdown_grace: Duration,
+    feedback_token: Option<FeedbackToken>,
 }
 
 impl Server {
@@ -251,6 +278,7 @@ impl Server {
             request_timeout: REQUEST_TIMEOUT,
             concurrency: Concurrency::default(),
             shutdown_grace: SHUTDOWN_GRACE,
+            feedback_token: None,
         }
     }
 
@@ -281,6 +309,14 @@ impl Server {
                 &feedback_route(endpoint.name()),
                 post(routes::create_feedback).with_state(Arc::clone(endpoint)),
             );
+        }
+        // With a token, feedback needs it (checked inside the HTTP layer,
+        // so a 401 is counted like any answer).
+        if let Some(token) = &self.feedback_token {
+            feedback = feedback.route_layer(axum::middleware::from_fn_with_state(
+                token.clone(),
+                auth::require,
+            ));
         }
         Router::new()
             .merge(runs)

@@ -12,7 +12,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::endpoint::Endpoint;
-use super::error::ApiError;
+use super::error::{ApiError, Expected};
 use super::AppState;
 use crate::telemetry::{
     encode_metrics, encode_openmetrics, wants_openmetrics, METRICS_CONTENT_TYPE,
@@ -140,12 +140,14 @@ pub(crate) async fn ready(State(state): State<AppState>) -> Response {
         "failing": failing,
         "models_not_loaded": not_loaded,
     });
-    let status = if failing.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
+    if failing.is_empty() {
+        return (StatusCode::OK, Json(body)).into_response();
+    }
+    // Not ready is an answer, not a failure: a probe polls it every few
+    // seconds while models load or the server drains.
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    response.extensions_mut().insert(Expected);
+    response
 }
 
 /// `GET /metrics`: every metric in OpenMetrics text with exemplars when

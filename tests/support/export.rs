@@ -223,7 +223,8 @@ pub async fn spans_and_logs_arrive(protocol: Protocol) {
         .iter()
         .find(|r| body_text(r) == "model failed")
         .unwrap();
-    assert_eq!(failure.severity_text, "ERROR");
+    // A failed model is an outcome (its stage may still serve): WARN.
+    assert_eq!(failure.severity_text, "WARN");
     assert_eq!(
         attr_str(&failure.attributes, "model.name").as_deref(),
         Some("light_perimeter")

@@ -312,6 +312,23 @@ fn string_map(v: &Yaml) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Top-level keys of prometheus/prometheus.yml that only Prometheus 3
+/// knows; Debian's 2.42 (promtool and the server the live tests run)
+/// refuses them, so its copies go without.
+pub const PROMETHEUS_3_ONLY: &[&str] = &["otlp"];
+
+/// prometheus/prometheus.yml as Prometheus 2.42 can load it: without the
+/// [`PROMETHEUS_3_ONLY`] keys.
+pub fn prometheus_config_for_2_42() -> Yaml {
+    let mut config = yaml_file("prometheus/prometheus.yml");
+    if let Some(map) = config.as_mapping_mut() {
+        for key in PROMETHEUS_3_ONLY {
+            map.remove(*key);
+        }
+    }
+    config
+}
+
 /// The rule files Prometheus loads: prometheus.yml's `rule_files` globs,
 /// resolved the way the container sees them (relative to the config file's
 /// directory inside the container) and mapped back to the repository through

@@ -1,11 +1,12 @@
-//! `pipelens run`: a batch of rooms through the pipeline, one JSON result
-//! per line, a progress bar on a terminal, and a summary at the end.
+//! `pipelens run`: a batch of rooms through the pipeline (or one shard of
+//! it), one JSON result per line, a progress bar on a terminal, and a
+//! summary at the end.
 
 use std::io::{BufRead, BufReader, IsTerminal as _, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
@@ -22,6 +23,80 @@ pub(crate) struct BatchArgs {
     pub(crate) concurrency: usize,
     pub(crate) fail_fast: bool,
     pub(crate) max_failure_ratio: f64,
+    pub(crate) shard: Shard,
+}
+
+/// The Kubernetes Indexed Job variable naming a pod's shard.
+pub(crate) const JOB_COMPLETION_INDEX: &str = "JOB_COMPLETION_INDEX";
+
+/// One of `count` shards of a batch: the inputs whose line (or array
+/// element) number is `index` modulo `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shard {
+    pub(crate) index: u64,
+    pub(crate) count: u64,
+}
+
+impl Shard {
+    /// The whole batch.
+    pub(crate) const WHOLE: Self = Self { index: 0, count: 1 };
+
+    /// Whether the input at `position` (from 1) is this shard's.
+    pub(crate) fn takes(self, position: u64) -> bool {
+        position % self.count == self.index
+    }
+
+    /// The shard to run: `--shard INDEX/COUNT`, else `--shards COUNT` with
+    /// the index from `JOB_COMPLETION_INDEX` (`job_index`), else the whole
+    /// batch. Errors name the flag or the variable at fault.
+    pub(crate) fn resolve(
+        shard: Option<Self>,
+        shards: Option<u64>,
+        job_index: Option<&str>,
+    ) -> Result<Self, String> {
+        match (shard, shards) {
+            (Some(shard), _) => Ok(shard),
+            (None, None) => Ok(Self::WHOLE),
+            (None, Some(count)) => {
+                let Some(index) = job_index else {
+                    return Err(format!(
+                        "--shards {count} needs {JOB_COMPLETION_INDEX} (a Kubernetes Indexed Job \
+                         sets it); elsewhere use --shard INDEX/{count}"
+                    ));
+                };
+                match index.trim().parse::<u64>() {
+                    Ok(index) if index < count => Ok(Self { index, count }),
+                    _ => Err(format!(
+                        "{JOB_COMPLETION_INDEX} {index:?} with --shards {count}: expected a \
+                         whole number from 0 to {}",
+                        count - 1
+                    )),
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// Parses `--shard INDEX/COUNT`: COUNT at least 1, INDEX below it.
+pub(crate) fn parse_shard(value: &str) -> Result<Shard, String> {
+    let expected = || {
+        format!(
+            "expected INDEX/COUNT with COUNT at least 1 and INDEX from 0 to COUNT-1, got {value:?}"
+        )
+    };
+    let (index, count) = value.split_once('/').ok_or_else(expected)?;
+    let index: u64 = index.trim().parse().map_err(|_| expected())?;
+    let count: u64 = count.trim().parse().map_err(|_| expected())?;
+    if count == 0 || index >= count {
+        return Err(expected());
+    }
+    Ok(Shard { index, count })
 }
 
 /// How a batch ended.
@@ -110,9 +185,14 @@ where
     // results are not going to a pipe.
     let show_bar = std::io::stderr().is_terminal()
         && (args.output.is_some() || std::io::stdout().is_terminal());
-    let mut bar = Progress::new(show_bar, total, read);
+    let bar = Progress::new(show_bar, total, read);
 
-    let items = tokio_stream_of(batch::read_json(reader, decode));
+    let shard = args.shard;
+    // Another shard's inputs are skipped, not counted; a read error stops
+    // every shard alike.
+    let items = tokio_stream_of(batch::read_json(reader, decode)).filter(move |item| {
+        std::future::ready(item.as_ref().map_or(true, |i| shard.takes(i.position)))
+    });
     // Invalid inputs pass through as results; valid ones run, in order,
     // at most `concurrency` at once.
     let results = items
@@ -146,12 +226,18 @@ where
                 invalid_line(position, e)
             }
         };
-        if args.output.is_none() {
-            // Results share the terminal with the bar.
-            bar.clear();
+        if args.output.is_none() && show_bar {
+            // Results share the terminal with the bar: the bar steps aside
+            // while a whole line is written and flushed, then comes back.
+            bar.suspend(|| -> std::io::Result<()> {
+                serde_json::to_writer(&mut out, &line)?;
+                out.write_all(b"\n")?;
+                out.flush()
+            })?;
+        } else {
+            serde_json::to_writer(&mut out, &line)?;
+            out.write_all(b"\n")?;
         }
-        serde_json::to_writer(&mut out, &line)?;
-        out.write_all(b"\n")?;
         bar.update(&summary);
         if args.fail_fast && summary.failures() > 0 {
             stopped = true;
@@ -208,79 +294,107 @@ fn tokio_stream_of<T: Send + 'static>(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// A one-line progress bar on stderr, redrawn at most ten times a second,
-/// with `\r` only: no colour or cursor escape codes.
+/// A one-line progress bar on stderr (indicatif), redrawn at most ten times
+/// a second: the share of the input read with its ETA (for a file), inputs
+/// done and failed, and the rate. Hidden — nothing written at all — unless
+/// the caller says someone watches.
 struct Progress {
-    enabled: bool,
-    total_bytes: Option<u64>,
+    bar: indicatif::ProgressBar,
     read: Arc<AtomicU64>,
     started: Instant,
-    drawn: Option<Instant>,
-    width: usize,
 }
 
 impl Progress {
     fn new(enabled: bool, total_bytes: Option<u64>, read: Arc<AtomicU64>) -> Self {
+        let target = if enabled {
+            indicatif::ProgressDrawTarget::stderr_with_hz(10)
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        };
+        let (bar, template) = match total_bytes.filter(|t| *t > 0) {
+            Some(total) => (
+                indicatif::ProgressBar::with_draw_target(Some(total), target),
+                "[{bar:20}] {percent:>3}% {msg}, ETA {eta_precise}",
+            ),
+            None => (
+                indicatif::ProgressBar::with_draw_target(None, target),
+                "{msg}",
+            ),
+        };
+        // The template is a constant: it parses.
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("#-"));
+        }
         Self {
-            enabled,
-            total_bytes,
+            bar,
             read,
             started: Instant::now(),
-            drawn: None,
-            width: 0,
         }
     }
 
-    fn update(&mut self, summary: &Summary) {
-        let recent = self
-            .drawn
-            .is_some_and(|t| t.elapsed() < Duration::from_millis(100));
-        if !self.enabled || (recent && self.width > 0) {
-            return;
-        }
-        self.drawn = Some(Instant::now());
+    fn update(&self, summary: &Summary) {
         let elapsed = self.started.elapsed().as_secs_f64();
         let rate = summary.inputs as f64 / elapsed.max(1e-9);
-        let mut text = format!(
+        self.bar.set_position(self.read.load(Ordering::Relaxed));
+        self.bar.set_message(format!(
             "{} done, {} failed, {:.0}/s",
             summary.inputs,
             summary.failures(),
             rate
-        );
-        if let Some(total) = self.total_bytes.filter(|t| *t > 0) {
-            let share = (self.read.load(Ordering::Relaxed) as f64 / total as f64).min(1.0);
-            let filled = (share * 20.0).round() as usize;
-            let eta = if share > 0.0 {
-                elapsed * (1.0 - share) / share
-            } else {
-                0.0
-            };
-            text = format!(
-                "[{}{}] {:>3.0}% {text}, ETA {}",
-                "#".repeat(filled),
-                "-".repeat(20 - filled),
-                share * 100.0,
-                clock(eta)
-            );
-        }
-        let pad = self.width.saturating_sub(text.len());
-        self.width = text.len();
-        eprint!("\r{text}{}", " ".repeat(pad));
+        ));
     }
 
-    fn clear(&mut self) {
-        if self.enabled && self.width > 0 {
-            eprint!("\r{}\r", " ".repeat(self.width));
-            self.width = 0;
-        }
+    /// Hides the bar while `write` runs, then draws it again.
+    fn suspend<R>(&self, write: impl FnOnce() -> R) -> R {
+        self.bar.suspend(write)
     }
 
-    fn finish(&mut self) {
-        self.clear();
+    fn finish(&self) {
+        self.bar.finish_and_clear();
     }
 }
 
-fn clock(seconds: f64) -> String {
-    let s = seconds.round() as u64;
-    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_split_every_position_exactly_once() {
+        let shards: Vec<Shard> = (0..4).map(|index| Shard { index, count: 4 }).collect();
+        for position in 1..=1000 {
+            let owners = shards.iter().filter(|s| s.takes(position)).count();
+            assert_eq!(owners, 1, "line {position}");
+        }
+        assert!((1..=10).all(|p| Shard::WHOLE.takes(p)));
+    }
+
+    #[test]
+    fn shard_flags_parse_and_bad_values_are_named() {
+        assert_eq!(parse_shard("1/4"), Ok(Shard { index: 1, count: 4 }));
+        assert_eq!(parse_shard("0/1"), Ok(Shard::WHOLE));
+        for bad in ["4/4", "1/0", "1", "-1/4", "a/b", "1/4/2", ""] {
+            let err = parse_shard(bad).unwrap_err();
+            assert!(err.contains("INDEX/COUNT"), "{bad}: {err}");
+        }
+        let resolve = Shard::resolve;
+        assert_eq!(resolve(None, None, Some("3")), Ok(Shard::WHOLE));
+        assert_eq!(
+            resolve(None, Some(4), Some("3")),
+            Ok(Shard { index: 3, count: 4 })
+        );
+        let flag = Shard { index: 1, count: 2 };
+        assert_eq!(resolve(Some(flag), None, Some("0")), Ok(flag));
+        let missing = resolve(None, Some(4), None).unwrap_err();
+        assert!(
+            missing.contains("--shards 4") && missing.contains(JOB_COMPLETION_INDEX),
+            "{missing}"
+        );
+        for bad in ["4", "x", "-1", ""] {
+            let err = resolve(None, Some(4), Some(bad)).unwrap_err();
+            assert!(
+                err.contains(JOB_COMPLETION_INDEX) && err.contains("--shards 4"),
+                "{err}"
+            );
+        }
+    }
 }

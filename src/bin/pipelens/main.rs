@@ -41,6 +41,26 @@ struct Cli {
     command: Command,
 }
 
+/// The pipelines `pipelens profile` knows the inputs of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProfiledPipeline {
+    /// Rooms of the ceiling-layout planner.
+    #[value(name = "ceiling-layout")]
+    CeilingLayout,
+    /// Reviews of the sentiment classifier.
+    #[value(name = "sentiment")]
+    Sentiment,
+}
+
+impl ProfiledPipeline {
+    fn name(self) -> &'static str {
+        match self {
+            Self::CeilingLayout => planner::PIPELINE_NAME,
+            Self::Sentiment => sentiment::NAME,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the ceiling-layout and sentiment pipelines over HTTP with
@@ -66,15 +86,31 @@ enum Command {
         /// The drift reference file: read at start if it exists (made by
         /// `pipelens profile`, or saved earlier), else learned from the first
         /// rooms and saved there, so a restart does not reset it.
-        #[arg(long, env = "PIPELENS_DRIFT_REFERENCE")]
+        #[arg(
+            long,
+            env = "PIPELENS_DRIFT_REFERENCE",
+            conflicts_with = "drift_reference_dir"
+        )]
         drift_reference: Option<PathBuf>,
+        /// A directory keeping every served pipeline's drift references,
+        /// input features and predictions, one file per pipeline
+        /// (`{pipeline}.json`): read at start, or learned and saved there.
+        /// Created if missing.
+        #[arg(long, env = "PIPELENS_DRIFT_REFERENCE_DIR")]
+        drift_reference_dir: Option<PathBuf>,
     },
     /// Build a drift reference profile from a sample of rooms.
     Profile {
-        /// Rooms as JSON Lines or a JSON array; `-` reads stdin.
+        /// The served pipeline whose inputs these are.
+        #[arg(long, value_enum, default_value = "ceiling-layout")]
+        pipeline: ProfiledPipeline,
+        /// Its inputs as JSON Lines or a JSON array (rooms, or
+        /// {"text": ...} reviews); `-` reads stdin.
         #[arg(long)]
         input: PathBuf,
-        /// Where to write the profile (JSON).
+        /// Where to write the profile (JSON); a directory (as given to
+        /// `serve --drift-reference-dir`) gets the features part of
+        /// `{pipeline}.json`, keeping its predictions part.
         #[arg(long)]
         out: PathBuf,
         /// Bins per feature, between the sample's quantiles.
@@ -104,6 +140,15 @@ enum Command {
         /// random suffix.
         #[arg(long)]
         batch_id: Option<String>,
+        /// Run only the inputs whose line (or array element) number is
+        /// INDEX modulo COUNT; each result keeps its line number from the
+        /// whole file. COUNT at least 1, INDEX from 0 to COUNT-1.
+        #[arg(long, value_name = "INDEX/COUNT", value_parser = batch::parse_shard, conflicts_with = "shards")]
+        shard: Option<batch::Shard>,
+        /// Split the batch into COUNT shards and run the one whose INDEX is
+        /// JOB_COMPLETION_INDEX (set by a Kubernetes Indexed Job).
+        #[arg(long, value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+        shards: Option<u64>,
     },
     /// Drive a running service with a realistic mix of rooms and reviews,
     /// sending reviews' true labels back as delayed feedback.
@@ -207,6 +252,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             max_queue_wait_ms,
             shutdown_grace_secs,
             drift_reference,
+            drift_reference_dir,
         } => {
             let defaults = Concurrency::default();
             let concurrency = Concurrency {
@@ -219,6 +265,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 concurrency,
                 Duration::from_secs_f64(shutdown_grace_secs),
                 drift_reference,
+                drift_reference_dir,
             )
             .await
         }
@@ -229,14 +276,20 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             fail_fast,
             max_failure_ratio,
             batch_id,
+            shard,
+            shards,
         } => {
             let cores = std::thread::available_parallelism().map_or(2, usize::from);
+            let job_index = std::env::var(batch::JOB_COMPLETION_INDEX).ok();
+            let shard = batch::Shard::resolve(shard, shards, job_index.as_deref())
+                .map_err(anyhow::Error::msg)?;
             let args = batch::BatchArgs {
                 input,
                 output,
                 concurrency: concurrency.map_or(2 * cores, |n| n as usize),
                 fail_fast,
                 max_failure_ratio,
+                shard,
             };
             let batch_id = batch_id.unwrap_or_else(|| {
                 let secs = std::time::SystemTime::now()
@@ -276,6 +329,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 feedback_delay_secs,
                 degrade: degrade_model.0,
                 degrade_share,
+                feedback_token: feedback_token()?,
             };
             let _telemetry = telemetry::init(&TelemetryConfig::from_env()?)?;
             let summary = loadgen::run(config, server::shutdown_signal()).await?;
@@ -283,7 +337,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Slo { command } => slo::run(command),
-        Command::Profile { input, out, bins } => profile(&input, &out, bins as usize).await,
+        Command::Profile {
+            pipeline,
+            input,
+            out,
+            bins,
+        } => profile(pipeline, &input, &out, bins as usize).await,
         Command::Healthcheck { url } => healthcheck(&url).await,
     }
 }
@@ -336,6 +395,7 @@ async fn serve(
     concurrency: Concurrency,
     grace: Duration,
     drift_reference: Option<PathBuf>,
+    drift_reference_dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let config = TelemetryConfig::from_env()?;
     let telemetry = telemetry::init(&config).context("cannot initialise telemetry")?;
@@ -343,34 +403,58 @@ async fn serve(
     faults.watch(Duration::from_secs(1));
     // Read once, here, so a broken file stops start-up naming the flag; a
     // missing one is learned and saved there.
-    let stored = match &drift_reference {
-        Some(path) if path.exists() => Some(
+    let references = match (&drift_reference, drift_reference_dir) {
+        (Some(path), _) if path.exists() => planner::References::Stored(
             pipelens::drift::Profile::read(path)
                 .with_context(|| format!("--drift-reference {}", path.display()))?,
         ),
+        (Some(path), _) => planner::References::SaveTo(path.clone()),
+        (None, Some(dir)) => {
+            drift_reference_dir_ready(&dir)?;
+            planner::References::Dir(dir)
+        }
+        (None, None) => planner::References::Learn,
+    };
+    let sentiment_dir = match &references {
+        planner::References::Dir(dir) => Some(dir.clone()),
         _ => None,
     };
     let pipeline = planner::pipeline_with_reference(
         Some(telemetry.meter()),
         &faults,
         planner::DRIFT_WINDOW,
-        stored,
-        drift_reference,
+        references,
     )?;
     // The sentiment pipeline's remote candidate calls a scoring endpoint,
     // started here on a loopback port.
     let scorer = sentiment::start_scorer()
         .await
         .context("cannot start the sentiment scoring endpoint")?;
-    let reviews = sentiment::pipeline(telemetry.meter(), scorer)?;
-    let server = Server::builder()
+    let reviews = match sentiment_dir {
+        Some(dir) => sentiment::pipeline_with_drift(
+            telemetry.meter(),
+            scorer,
+            sentiment::drift_spec().references_in(dir),
+        )?,
+        None => sentiment::pipeline(telemetry.meter(), scorer)?,
+    };
+    let mut builder = Server::builder()
         .telemetry(&telemetry)
         .pipeline(planner::served(pipeline))
         .pipeline(sentiment::served(reviews))
         .concurrency(concurrency)
-        .shutdown_grace(grace)
-        .build()?;
+        .shutdown_grace(grace);
+    let feedback_token = feedback_token()?;
+    let feedback_protected = feedback_token.is_some();
+    if let Some(token) = feedback_token {
+        builder = builder.feedback_token(token);
+    }
+    let server = builder.build().map_err(|e| match e {
+        server::ServerError::FeedbackToken(e) => anyhow::anyhow!("{FEEDBACK_TOKEN_VAR}: {e}"),
+        e => e.into(),
+    })?;
     tracing::info!(
+        feedback_token_required = feedback_protected,
         max_concurrent_runs = concurrency.limit,
         run_queue = concurrency.queue,
         shutdown_grace_s = grace.as_secs_f64(),
@@ -383,6 +467,37 @@ async fn serve(
     server::run(server, addr, telemetry)
         .await
         .with_context(|| format!("cannot serve on --addr {addr}"))
+}
+
+/// Creates `--drift-reference-dir` if missing and reads each served
+/// pipeline's file in it, so a broken one stops start-up naming the flag
+/// (a missing one is learned and saved there).
+fn drift_reference_dir_ready(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create --drift-reference-dir {}", dir.display()))?;
+    for name in [planner::PIPELINE_NAME, sentiment::NAME] {
+        let path = pipelens::drift::PipelineReferences::path(dir, name);
+        if path.exists() {
+            pipelens::drift::PipelineReferences::read(&path)
+                .with_context(|| format!("--drift-reference-dir {}", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The variable holding the token feedback needs (read from the
+/// environment only, so it never shows in a process listing).
+const FEEDBACK_TOKEN_VAR: &str = "PIPELENS_FEEDBACK_TOKEN";
+
+/// The feedback token, if `PIPELENS_FEEDBACK_TOKEN` is set.
+fn feedback_token() -> anyhow::Result<Option<String>> {
+    match std::env::var(FEEDBACK_TOKEN_VAR) {
+        Ok(token) => Ok(Some(token)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("{FEEDBACK_TOKEN_VAR} is not valid UTF-8")
+        }
+    }
 }
 
 /// Parses `--max-failure-ratio` and the load generator's shares: a share in
@@ -399,6 +514,21 @@ async fn run_batch(args: batch::BatchArgs, batch_id: String) -> anyhow::Result<(
     config
         .resource_attributes
         .push(("batch_id".to_owned(), batch_id.clone()));
+    if args.shard != batch::Shard::WHOLE {
+        config
+            .resource_attributes
+            .push(("batch_shard".to_owned(), args.shard.to_string()));
+        // Shards of one batch push the same series but for their instance:
+        // without one of their own, each push would overwrite the others'.
+        let own_instance = std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+            .is_ok_and(|a| a.contains("service.instance.id="));
+        if !own_instance {
+            config.resource_attributes.push((
+                "service.instance.id".to_owned(),
+                format!("{batch_id}-shard-{}", args.shard.index),
+            ));
+        }
+    }
     if std::env::var_os("RUST_LOG").is_none() {
         // A line per run (and a WARN per low-confidence model) would bury
         // the progress bar and the summary: stderr shows errors only, while
@@ -412,7 +542,11 @@ async fn run_batch(args: batch::BatchArgs, batch_id: String) -> anyhow::Result<(
     let ended = batch::run(&pipeline, decode, &args).await;
     tokio::task::spawn_blocking(move || telemetry.shutdown()).await??;
     let ended = ended?;
-    eprint!("batch {batch_id}: {}", ended.summary);
+    if args.shard == batch::Shard::WHOLE {
+        eprint!("batch {batch_id}: {}", ended.summary);
+    } else {
+        eprint!("batch {batch_id} shard {}: {}", args.shard, ended.summary);
+    }
     if !ended.passed {
         bail!(
             "{} of {} inputs failed (ratio {:.4}, --max-failure-ratio {}{})",
@@ -426,21 +560,83 @@ async fn run_batch(args: batch::BatchArgs, batch_id: String) -> anyhow::Result<(
     Ok(())
 }
 
-/// `pipelens profile`: reads rooms, builds the drift reference from their
-/// features, writes it; bad lines are named and skipped.
+/// `pipelens profile`: reads a served pipeline's inputs (rooms or
+/// reviews), builds the drift reference of their features, writes it (to a
+/// profile file, or as the features part of `{pipeline}.json` in a
+/// directory); bad lines are named and skipped.
 async fn profile(
+    pipeline: ProfiledPipeline,
     input: &std::path::Path,
     out: &std::path::Path,
     bins: usize,
 ) -> anyhow::Result<()> {
     let reader = batch::open_input(input)?.reader;
-    let mut items = pipelens::batch::read_json(reader, planner::room_from_value);
-    let mut rooms = Vec::new();
+    let (profile, count, skipped) = match pipeline {
+        ProfiledPipeline::CeilingLayout => {
+            let (rooms, skipped) = read_inputs(input, reader, |v| {
+                planner::room_from_value(v).map(ceiling::Layout::empty)
+            })
+            .await?;
+            (
+                planner::drift_spec().profile(&rooms, bins),
+                rooms.len(),
+                skipped,
+            )
+        }
+        ProfiledPipeline::Sentiment => {
+            let (reviews, skipped) = read_inputs(input, reader, |v| {
+                serde_json::from_value::<sentiment::Request>(v)
+                    .map_err(|e| pipelens::input::FieldError::new("text", e.to_string()))
+            })
+            .await?;
+            (
+                sentiment::drift_spec().profile(&reviews, bins),
+                reviews.len(),
+                skipped,
+            )
+        }
+    };
+    let written = if out.is_dir() {
+        let path = pipelens::drift::PipelineReferences::path(out, pipeline.name());
+        let mut references = if path.exists() {
+            pipelens::drift::PipelineReferences::read(&path)
+                .with_context(|| format!("--out {}", out.display()))?
+        } else {
+            pipelens::drift::PipelineReferences::default()
+        };
+        references.features = Some(profile);
+        references
+            .write(&path)
+            .with_context(|| format!("cannot write --out {}", path.display()))?;
+        path
+    } else {
+        profile
+            .write(out)
+            .with_context(|| format!("cannot write --out {}", out.display()))?;
+        out.to_owned()
+    };
+    eprintln!(
+        "profile of {count} {} inputs ({skipped} skipped) written to {}",
+        pipeline.name(),
+        written.display()
+    );
+    Ok(())
+}
+
+/// Every valid input of `--input` and how many lines were skipped (each
+/// named on stderr); an error if none is valid.
+async fn read_inputs<In: Send + 'static>(
+    input: &std::path::Path,
+    reader: Box<dyn std::io::BufRead + Send>,
+    decode: impl Fn(serde_json::Value) -> Result<In, pipelens::input::FieldError> + Send + 'static,
+) -> anyhow::Result<(Vec<In>, u64)> {
+    let mut items = pipelens::batch::read_json(reader, decode);
+    let mut inputs = Vec::new();
     let mut skipped = 0u64;
     while let Some(item) = items.recv().await {
         let item = item.with_context(|| format!("--input {}", input.display()))?;
         match item.input {
-            Ok(room) => rooms.push(ceiling::Layout::empty(room)),
+            Ok(value) => inputs.push(value),
             Err(e) => {
                 skipped += 1;
                 eprintln!(
@@ -451,22 +647,13 @@ async fn profile(
             }
         }
     }
-    if rooms.is_empty() {
+    if inputs.is_empty() {
         bail!(
-            "--input {}: no valid room to build a profile from",
+            "--input {}: no valid input to build a profile from",
             input.display()
         );
     }
-    let profile = planner::drift_spec().profile(&rooms, bins);
-    profile
-        .write(out)
-        .with_context(|| format!("cannot write --out {}", out.display()))?;
-    eprintln!(
-        "profile of {} rooms ({skipped} skipped) written to {}",
-        rooms.len(),
-        out.display()
-    );
-    Ok(())
+    Ok((inputs, skipped))
 }
 
 async fn healthcheck(url: &str) -> anyhow::Result<()> {

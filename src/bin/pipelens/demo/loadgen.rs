@@ -54,6 +54,9 @@ pub struct LoadgenConfig {
     /// Share of sentiment reviews, in `[0, 1]`, drawn from those `degrade`
     /// alone misreads.
     pub degrade_share: f64,
+    /// The token feedback is sent with (`Authorization: Bearer`), when the
+    /// service requires one (`PIPELENS_FEEDBACK_TOKEN`).
+    pub feedback_token: Option<String>,
 }
 
 impl Default for LoadgenConfig {
@@ -72,6 +75,7 @@ impl Default for LoadgenConfig {
             feedback_delay_secs: 10.0,
             degrade: None,
             degrade_share: 0.5,
+            feedback_token: None,
         }
     }
 }
@@ -479,6 +483,8 @@ struct Shared {
     /// Feedbacks waiting for their delay or in flight.
     pending: AtomicUsize,
     feedback_delay: Duration,
+    /// `Bearer <token>` for feedback, when a token is configured.
+    feedback_auth: Option<hyper::header::HeaderValue>,
     /// Whether the missing `run_id` has been warned about.
     warned_run_id: AtomicBool,
 }
@@ -590,11 +596,14 @@ async fn exchange(
     };
     tokio::time::sleep(shared.feedback_delay).await;
     let body = json!({ "label": label.as_str() }).to_string();
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(Method::POST)
         .uri(uri)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)));
+        .header("content-type", "application/json");
+    if let Some(auth) = &shared.feedback_auth {
+        request = request.header(hyper::header::AUTHORIZATION, auth.clone());
+    }
+    let request = request.body(Full::new(Bytes::from(body)));
     let send = async {
         let response = shared.client.request(request.ok()?).await.ok()?;
         let status = response.status().as_u16();
@@ -631,7 +640,21 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Summary, LoadgenError> {
     let targets = config.check()?;
+    let feedback_auth = match &config.feedback_token {
+        None => None,
+        Some(token) => {
+            let mut value = hyper::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| LoadgenError {
+                    flag: "PIPELENS_FEEDBACK_TOKEN",
+                    value: "<not shown>".to_owned(),
+                    reason: "expected a token that fits an HTTP header",
+                })?;
+            value.set_sensitive(true);
+            Some(value)
+        }
+    };
     let shared = Arc::new(Shared {
+        feedback_auth,
         client: Client::builder(TokioExecutor::new()).build_http(),
         targets,
         summary: Mutex::new(Summary::default()),

@@ -38,26 +38,38 @@ pub fn pipeline(
     faults: &Arc<Faults>,
     drift_reference: usize,
 ) -> Result<Pipeline<Layout, Layout>, BuildError> {
-    pipeline_with_reference(meter, faults, drift_reference, None, None)
+    pipeline_with_reference(meter, faults, drift_reference, References::Learn)
 }
 
-/// Like [`pipeline`], comparing drift with `stored` (a profile already read)
-/// if given, else learning the reference and saving it to `save_to`.
+/// Where the drift references of the ceiling pipeline come from.
+pub enum References {
+    /// Learned from the first rooms on each start.
+    Learn,
+    /// A profile already read (`--drift-reference FILE` that exists).
+    Stored(pipelens::drift::Profile),
+    /// Learned and saved to this profile file (`--drift-reference FILE`).
+    SaveTo(std::path::PathBuf),
+    /// Kept, features and predictions, in `{dir}/ceiling-layout.json`
+    /// (`--drift-reference-dir DIR`).
+    Dir(std::path::PathBuf),
+}
+
+/// Like [`pipeline`], with the drift references `references` says.
 pub fn pipeline_with_reference(
     meter: Option<Meter>,
     faults: &Arc<Faults>,
     drift_reference: usize,
-    stored: Option<pipelens::drift::Profile>,
-    save_to: Option<std::path::PathBuf>,
+    references: References,
 ) -> Result<Pipeline<Layout, Layout>, BuildError> {
     let mut drift = drift_spec()
         .reference_size(drift_reference)
         .window_size(drift_reference);
-    if let Some(profile) = stored {
-        drift = drift.reference(profile);
-    } else if let Some(path) = save_to {
-        drift = drift.persist_to(path);
-    }
+    drift = match references {
+        References::Learn => drift,
+        References::Stored(profile) => drift.reference(profile),
+        References::SaveTo(path) => drift.persist_to(path),
+        References::Dir(dir) => drift.references_in(dir),
+    };
     let mut builder = Pipeline::builder(PIPELINE_NAME)
         .stage(
             Stage::parallel(STAGE_LIGHTING)

@@ -73,6 +73,27 @@ pub fn pipeline(
     meter: Meter,
     scorer: SocketAddr,
 ) -> Result<Pipeline<Request, Sentiment>, BuildError> {
+    pipeline_with_drift(meter, scorer, drift_spec())
+}
+
+/// The drift features of a review: its length in characters.
+pub fn drift_spec() -> DriftSpec<Request> {
+    DriftSpec::new(
+        vec![Feature {
+            name: "text_length",
+            edges: vec![16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0],
+        }],
+        |request: &Request| vec![request.text.chars().count() as f64],
+    )
+}
+
+/// Like [`pipeline`], watching drift as `drift` says (its references kept
+/// in a directory, say).
+pub fn pipeline_with_drift(
+    meter: Meter,
+    scorer: SocketAddr,
+    drift: DriftSpec<Request>,
+) -> Result<Pipeline<Request, Sentiment>, BuildError> {
     Pipeline::builder(NAME)
         .meter(meter)
         .step("tokenize", |request: &Request| {
@@ -92,13 +113,7 @@ pub fn pipeline(
                 score: (scored.score * 1000.0).round() / 1000.0,
             })
         })
-        .drift(DriftSpec::new(
-            vec![Feature {
-                name: "text_length",
-                edges: vec![16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0],
-            }],
-            |request: &Request| vec![request.text.chars().count() as f64],
-        ))
+        .drift(drift)
         .build()
 }
 
