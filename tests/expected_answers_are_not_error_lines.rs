@@ -9,40 +9,14 @@
 mod demo;
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 use pipelens::server::{runs_route, Concurrency, Served, Server};
 use pipelens::telemetry::metrics_provider;
 use pipelens::{AsyncModel, ModelError, Pipeline, Prediction, Stage};
+use support::captured::Captured;
 use support::service::{send, serve};
-
-/// Everything the service logs, as the JSON lines it writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<serde_json::Value> {
-        let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8(bytes)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect()
-    }
-}
 
 /// Takes a while to load; then waits `n` ms per run and fails when `n` is 0.
 struct Slow;
@@ -142,8 +116,11 @@ async fn only_the_failed_run_is_an_error_line() {
     // One slot, no queue: a second run while the first waits is refused.
     let first = tokio::spawn({
         let route = route.clone();
-        async move { send(addr, Method::POST, &route, r#"{"n": 600}"#, &json).await }
+        async move { send(addr, Method::POST, &route, r#"{"n": 1500}"#, &json).await }
     });
+    // Let it take the slot first: a probe in flight when it arrives would
+    // have it refused instead.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let reply = send(addr, Method::POST, &route, r#"{"n": 1}"#, &json).await;

@@ -9,13 +9,11 @@
 mod demo;
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use hyper::{Method, StatusCode};
 use pipelens::server::{feedback_route, Server, ServerError, TokenError};
 use pipelens::telemetry::metrics_provider;
 use pipelens::{Judge, Model, ModelError, Pipeline, Prediction, Stage};
+use support::captured::Captured;
 use support::service::{send, serve};
 
 const TOKEN: &str = "fb-7f3c9a1e5d2b";
@@ -41,20 +39,6 @@ impl Model<Pet, String> for Initial {
             "dog"
         };
         Ok(Prediction::new(label.to_owned(), 0.9))
-    }
-}
-
-/// Everything the service logs.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -176,7 +160,7 @@ async fn feedback_needs_the_bearer_token_and_runs_do_not() {
         "{metrics}"
     );
 
-    let logged = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let logged = log.text();
     assert!(
         logged.contains("http.request"),
         "the requests were logged at TRACE"

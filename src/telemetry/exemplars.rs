@@ -102,6 +102,7 @@ pub(crate) fn install(sink: Arc<dyn Offer>) {
 }
 
 /// Whether observations are offered at all (a tail sampler is installed).
+#[cfg(feature = "server")]
 pub(crate) fn active() -> bool {
     SINK.get().is_some()
 }

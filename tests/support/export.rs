@@ -2,33 +2,19 @@
 //! with a W3C traceparent goes through the real service, and its spans and
 //! logs arrive at a real OTLP receiver with the right shape.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::{Method, StatusCode};
 use pipelens::faults::Faults;
 use pipelens::telemetry::{self, LogFormat, OtlpTarget, Protocol, TelemetryConfig};
 
+use super::captured::Captured;
 use super::otlp::{self, attr_str, body_text, hex};
 use super::service::{post_room, send, start};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN_ID: &str = "00f067aa0ba902b7";
-
-/// A MakeWriter that keeps every stdout line for inspection.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 pub async fn spans_and_logs_arrive(protocol: Protocol) {
     let (addr, received) = match protocol {
@@ -239,7 +225,7 @@ pub async fn spans_and_logs_arrive(protocol: Protocol) {
         "service.name on the resource"
     );
 
-    let stdout = String::from_utf8(stdout.0.lock().unwrap().clone()).unwrap();
+    let stdout = stdout.text();
     let lines: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))

@@ -19,7 +19,7 @@ mod policy;
 mod quantile;
 mod table;
 
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use opentelemetry::logs::Severity;
@@ -271,15 +271,7 @@ impl State {
             h.spans.push(s);
         }) {
             Placed::Held => {
-                let over = shard
-                    .held
-                    .get(&trace)
-                    .is_some_and(|h| h.items() > self.policy.limits.max_items_per_trace);
-                let taken = over.then(|| self.table.take(&mut shard, trace)).flatten();
-                drop(shard);
-                if let Some(h) = taken {
-                    self.decide_early(trace, h, Reason::Overflow);
-                }
+                self.check_size(shard, trace);
                 self.sweep(trace);
             }
             Placed::Decided(keep, span) => {
@@ -296,6 +288,19 @@ impl State {
                 self.decide_early(trace, h, Reason::Overflow);
                 self.sweep(trace);
             }
+        }
+    }
+
+    /// Decides `trace` at once if it now holds more items than allowed.
+    fn check_size(&self, mut shard: MutexGuard<'_, table::Shard>, trace: TraceId) {
+        let over = shard
+            .held
+            .get(&trace)
+            .is_some_and(|h| h.items() > self.policy.limits.max_items_per_trace);
+        let taken = over.then(|| self.table.take(&mut shard, trace)).flatten();
+        drop(shard);
+        if let Some(h) = taken {
+            self.decide_early(trace, h, Reason::Overflow);
         }
     }
 
@@ -332,17 +337,7 @@ impl State {
             .table
             .place(&mut shard, trace, item, |h, item| h.logs.push(item))
         {
-            Placed::Held => {
-                let over = shard
-                    .held
-                    .get(&trace)
-                    .is_some_and(|h| h.items() > self.policy.limits.max_items_per_trace);
-                let taken = over.then(|| self.table.take(&mut shard, trace)).flatten();
-                drop(shard);
-                if let Some(h) = taken {
-                    self.decide_early(trace, h, Reason::Overflow);
-                }
-            }
+            Placed::Held => self.check_size(shard, trace),
             Placed::Decided(keep, (mut record, scope)) => {
                 drop(shard);
                 if keep {
