@@ -12,7 +12,8 @@
 //! - `--python PATH`: the virtualenv's python for the `python` suite
 //!   (`scripts/bench-vs-python` sets it up and passes it);
 //! - `--baseline PATH`: another build's `pipelens` binary (an earlier
-//!   commit), run as `OTLP export, baseline` beside this build's variants.
+//!   commit), run as `OTLP export, baseline` and `telemetry off, baseline`
+//!   beside this build's variants.
 //!
 //! Every variant is a fresh `pipelens serve` process (the ceiling-layout
 //! demo, five models per run) on loopback, driven by a closed-loop
@@ -270,6 +271,10 @@ fn main() {
             variants.push(Variant {
                 command: Command::Baseline,
                 ..ceiling(BASELINE, otlp(collector.addr))
+            });
+            variants.push(Variant {
+                command: Command::Baseline,
+                ..ceiling("telemetry off, baseline", off())
             });
         }
     }
