@@ -3,5 +3,7 @@
 
 pub mod export;
 pub mod otlp;
+pub mod python;
+pub mod sentiment_features;
 pub mod service;
 pub mod stack;
