@@ -76,7 +76,7 @@ pub mod batch;
 pub mod drift;
 pub mod faults;
 pub mod input;
-#[cfg(feature = "onnx")]
+#[cfg(any(feature = "onnx", feature = "open-inference"))]
 pub mod models;
 pub mod names;
 pub mod pipeline;

@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod export;
+pub mod mlserver;
 pub mod otlp;
 pub mod python;
 pub mod sentiment_features;
