@@ -66,7 +66,11 @@ struct Review {
     text: String,
 }
 
-fn pipeline(meter: Meter, model: OpenInferenceModel<Vec<f32>, String>) -> Pipeline<Review, String> {
+fn pipeline(
+    meter: Meter,
+    model: OpenInferenceModel<Vec<f32>, String>,
+    timeout: Duration,
+) -> Pipeline<Review, String> {
     let features = Arc::new(Features::load());
     Pipeline::builder("reviews")
         .meter(meter)
@@ -75,13 +79,16 @@ fn pipeline(meter: Meter, model: OpenInferenceModel<Vec<f32>, String>) -> Pipeli
             Stage::parallel("classify")
                 .async_model(model)
                 .model(Fallback)
-                .timeout(Duration::from_secs(5)),
+                .timeout(timeout),
         )
         .build()
         .unwrap()
 }
 
-async fn served(model: OpenInferenceModel<Vec<f32>, String>) -> std::net::SocketAddr {
+async fn served(
+    model: OpenInferenceModel<Vec<f32>, String>,
+    timeout: Duration,
+) -> std::net::SocketAddr {
     let (registry, provider) =
         metrics_provider(opentelemetry_sdk::Resource::builder_empty().build()).unwrap();
     let provider = Box::leak(Box::new(provider));
@@ -89,7 +96,7 @@ async fn served(model: OpenInferenceModel<Vec<f32>, String>) -> std::net::Socket
     let server = Server::builder()
         .meter(meter.clone())
         .registry(registry)
-        .pipeline(Served::new(pipeline(meter, model)))
+        .pipeline(Served::new(pipeline(meter, model, timeout)))
         .build()
         .unwrap();
     serve(server).await
@@ -174,6 +181,7 @@ async fn answers_load_checks_errors_and_the_trace_across_the_wire() {
     let runner = pipeline(
         telemetry.meter(),
         remote(&mlserver.base, "sentiment", Datatype::Fp32),
+        Duration::from_secs(5),
     );
     let report = runner
         .run(Review {
@@ -215,7 +223,11 @@ async fn answers_load_checks_errors_and_the_trace_across_the_wire() {
 
     // A model the server lacks: the load fails, /ready stays 503 and
     // /v1/pipelines says why.
-    let addr = served(remote(&mlserver.base, "absent", Datatype::Fp32)).await;
+    let addr = served(
+        remote(&mlserver.base, "absent", Datatype::Fp32),
+        Duration::from_secs(5),
+    )
+    .await;
     let reason = load_error(addr).await;
     assert!(
         reason.contains("model `absent`") && reason.contains("404") && reason.contains("not found"),
@@ -225,7 +237,11 @@ async fn answers_load_checks_errors_and_the_trace_across_the_wire() {
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
 
     // An input declared with another datatype than the server's metadata.
-    let addr = served(remote(&mlserver.base, "sentiment", Datatype::Fp64)).await;
+    let addr = served(
+        remote(&mlserver.base, "sentiment", Datatype::Fp64),
+        Duration::from_secs(5),
+    )
+    .await;
     let reason = load_error(addr).await;
     assert!(
         reason.contains("features FP32") && reason.contains("features FP64"),
@@ -253,9 +269,13 @@ async fn answers_load_checks_errors_and_the_trace_across_the_wire() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_server_is_unavailable_and_the_other_candidate_wins() {
+async fn a_frozen_server_times_out_a_stopped_one_is_unavailable_and_the_other_candidate_wins() {
     let mut mlserver = MlServer::start(None).await;
-    let addr = served(remote(&mlserver.base, "sentiment", Datatype::Fp32)).await;
+    let addr = served(
+        remote(&mlserver.base, "sentiment", Datatype::Fp32),
+        Duration::from_millis(300),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(15);
     while send(addr, Method::GET, "/ready", "", &[]).await.status != StatusCode::OK {
         assert!(Instant::now() < deadline, "never ready");
@@ -267,6 +287,40 @@ async fn a_stopped_server_is_unavailable_and_the_other_candidate_wins() {
         assert_eq!(reply.json()["output"], "negative", "{}", reply.body);
     }
 
+    // Frozen: the stage timeout cancels the request and the fallback wins;
+    // thawed, the same pooled client is served again.
+    mlserver.signal(libc::SIGSTOP);
+    let started = Instant::now();
+    let reply = post_review(addr, "Terrible, it broke on the first day").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.json()["output"], "neutral", "{}", reply.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    mlserver.signal(libc::SIGCONT);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = post_review(addr, "Terrible, it broke on the first day").await;
+        if reply.json()["output"] == "negative" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never answered after SIGCONT");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = send(addr, Method::GET, "/metrics", "", &[]).await.body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ml_model_executions_total{")
+                && l.contains("model_name=\"mlserver\"")
+                && l.contains("outcome=\"timeout\"")),
+        "{metrics}"
+    );
+
+    // Stopped: every remote execution is unavailable, counted, and the
+    // fallback wins every run (and the frozen one).
     mlserver.kill();
     let runs = 5;
     for _ in 0..runs {
@@ -293,7 +347,7 @@ async fn a_stopped_server_is_unavailable_and_the_other_candidate_wins() {
     let selected_fallback = metrics.lines().any(|l| {
         l.starts_with("ml_model_selected_total{")
             && l.contains("model_name=\"fallback\"")
-            && l.ends_with(&format!(" {runs}"))
+            && l.ends_with(&format!(" {}", runs + 1))
     });
     assert!(selected_fallback, "{metrics}");
 }

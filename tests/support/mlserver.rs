@@ -122,6 +122,14 @@ impl MlServer {
             .map(|r| r.status().as_u16())
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server: while frozen,
+    /// the kernel still accepts connections but nothing answers.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: kill(2) on the pid of our own child process.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0);
+    }
+
     /// Stops the server at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
