@@ -9,7 +9,9 @@ writes, under models/sentiment/:
 - model.joblib: the same scikit-learn model, for MLServer's sklearn runtime.
 
 Everything is deterministic (a fixed vocabulary order, lbfgs, no random
-state), so a second run writes the same bytes. Run through scripts/make-models.
+state, a Newton solver that converges tightly, one BLAS thread), so a second run on the same kind of CPU writes the
+same bytes. Run through scripts/make-models; `--out DIR` writes elsewhere
+(scripts/make-models --check compares).
 """
 
 import csv
@@ -36,6 +38,14 @@ MIN_REVIEWS = 2
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 
 
+def out_dir():
+    if len(sys.argv) == 3 and sys.argv[1] == "--out":
+        return pathlib.Path(sys.argv[2])
+    if len(sys.argv) != 1:
+        sys.exit("usage: make_models.py [--out DIR]")
+    return OUT
+
+
 def read_pool():
     with open(OUT / "reviews.tsv", encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
@@ -45,6 +55,7 @@ def read_pool():
 
 
 def main():
+    out = out_dir()
     texts, labels = read_pool()
     counts = {}
     for text in texts:
@@ -54,7 +65,7 @@ def main():
     x = featurise(texts, vocabulary)
     y = np.array(labels, dtype=np.int64)
 
-    model = LogisticRegression(C=10.0, max_iter=5000, solver="lbfgs", tol=1e-8)
+    model = LogisticRegression(C=10.0, max_iter=1000, solver="newton-cholesky", tol=1e-8)
     model.fit(x, y)
     accuracy = float((model.predict(x) == y).mean())
 
@@ -67,7 +78,7 @@ def main():
         final_types=None,
     )
     onx.doc_string = "pipelens sentiment reference classifier (scripts/make-models)"
-    (OUT / "model.onnx").write_bytes(onx.SerializeToString())
+    (out / "model.onnx").write_bytes(onx.SerializeToString())
 
     spec = {
         "about": __doc__.split("\n\n")[0].replace("\n", " "),
@@ -79,8 +90,8 @@ def main():
         "one space; 1.0 where present",
         "vocabulary": vocabulary,
     }
-    (OUT / "features.json").write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
-    joblib.dump(model, OUT / "model.joblib", compress=3)
+    (out / "features.json").write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
+    joblib.dump(model, out / "model.joblib", compress=3)
 
     print(
         f"trained on {len(texts)} reviews, {len(vocabulary)} terms, "
