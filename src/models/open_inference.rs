@@ -565,12 +565,12 @@ impl<In: 'static, Out: 'static> OpenInferenceModel<In, Out> {
             .headers(trace_headers())
             .send()
             .await
-            .map_err(|e| transport("GET", &url, &e))?;
+            .map_err(|e| transport("GET", &url, e))?;
         let status = response.status();
         let text = response
             .text()
             .await
-            .map_err(|e| transport("GET", &url, &e))?;
+            .map_err(|e| transport("GET", &url, e))?;
         if status.is_success() {
             Ok(text)
         } else {
@@ -685,12 +685,12 @@ impl<In: 'static, Out: 'static> OpenInferenceModel<In, Out> {
             .json(&body)
             .send()
             .await
-            .map_err(|e| transport("POST", &url, &e))?;
+            .map_err(|e| transport("POST", &url, e))?;
         let status = response.status();
         let text = response
             .text()
             .await
-            .map_err(|e| transport("POST", &url, &e))?;
+            .map_err(|e| transport("POST", &url, e))?;
         if status.is_client_error() {
             return Err(OpenInferenceError::Rejected {
                 url,
@@ -753,9 +753,11 @@ fn trace_headers() -> reqwest::header::HeaderMap {
     headers
 }
 
-fn transport(method: &'static str, url: &str, error: &reqwest::Error) -> OpenInferenceError {
+fn transport(method: &'static str, url: &str, error: reqwest::Error) -> OpenInferenceError {
+    // The URL leads the message already.
+    let error = error.without_url();
     let mut reason = error.to_string();
-    let mut source = std::error::Error::source(error);
+    let mut source = std::error::Error::source(&error);
     while let Some(inner) = source {
         reason.push_str(": ");
         reason.push_str(&inner.to_string());
