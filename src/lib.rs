@@ -76,6 +76,8 @@ pub mod batch;
 pub mod drift;
 pub mod faults;
 pub mod input;
+#[cfg(any(feature = "onnx", feature = "open-inference"))]
+pub mod models;
 pub mod names;
 pub mod pipeline;
 #[cfg(feature = "server")]

@@ -3,6 +3,9 @@
 
 pub mod captured;
 pub mod export;
+pub mod mlserver;
 pub mod otlp;
+pub mod python;
+pub mod sentiment_features;
 pub mod service;
 pub mod stack;

@@ -538,4 +538,35 @@ mod tests {
         println!("served accuracy {accuracy:.3} on {} reviews", pool.len());
         assert!(accuracy >= 0.97, "{accuracy}");
     }
+
+    /// Where the pool is exported for `scripts/make-models`, from the crate
+    /// root.
+    const POOL_FILE: &str = "models/sentiment/reviews.tsv";
+
+    /// The pool as `scripts/make-models` reads it: `label<TAB>text` lines
+    /// under a header, in pool order. The committed file must be the pool of
+    /// this build, so the reference models are trained on what the load
+    /// generator sends; `PIPELENS_WRITE_POOL=1` rewrites it.
+    #[test]
+    fn the_committed_pool_file_is_the_pool() {
+        let mut expected = String::from("label\ttext\n");
+        for review in pool() {
+            assert!(!review.text.contains(['\t', '\n']), "{:?}", review.text);
+            expected.push_str(review.label.as_str());
+            expected.push('\t');
+            expected.push_str(&review.text);
+            expected.push('\n');
+        }
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(POOL_FILE);
+        if std::env::var_os("PIPELENS_WRITE_POOL").is_some() {
+            std::fs::write(&path, &expected).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == expected,
+            "{POOL_FILE} is not the pool of this build: regenerate it with \
+             `PIPELENS_WRITE_POOL=1 cargo test --bin pipelens the_committed_pool_file_is_the_pool`, \
+             then the models with `scripts/make-models`"
+        );
+    }
 }
