@@ -778,19 +778,15 @@ fn listening_ports(service: &Yaml) -> BTreeMap<u16, String> {
             ports.entry(p).or_insert(why);
         }
     }
-    // MLServer's image listens on the ports of deploy/mlserver/settings.json,
-    // or the MLSERVER_* variables that override them.
+    // MLServer's image listens on the ports of deploy/mlserver/settings.json
+    // (values in that file win over MLSERVER_* variables).
     if built_from(service) == MLSERVER_DOCKERFILE {
         let settings = json_file("deploy/mlserver/settings.json");
         for key in ["http_port", "grpc_port", "metrics_port"] {
-            let var = format!("MLSERVER_{}", key.to_uppercase());
-            match env.get(&var).and_then(|p| p.parse().ok()) {
-                Some(p) => ports.insert(p, var),
-                None => ports.insert(
-                    settings[key].as_u64().unwrap_or_default() as u16,
-                    format!("{key} in deploy/mlserver/settings.json"),
-                ),
-            };
+            ports.insert(
+                settings[key].as_u64().unwrap_or_default() as u16,
+                format!("{key} in deploy/mlserver/settings.json"),
+            );
         }
         return ports;
     }
