@@ -1505,10 +1505,7 @@ fn mlserver_runs_what_compose_runs() {
             "MLSERVER_TRACING_SERVER is {tracing:?}, not the collector's OTLP gRPC port {grpc:?}"
         ));
     }
-    if compose_environment(&compose)
-        .get("MLSERVER_TRACING_SERVER")
-        .is_none()
-    {
+    if !compose_environment(&compose).contains_key("MLSERVER_TRACING_SERVER") {
         problems.push("compose's mlserver sets no MLSERVER_TRACING_SERVER".to_owned());
     }
     // The image keeps its metrics files under /tmp: writable here.
