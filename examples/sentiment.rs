@@ -8,6 +8,14 @@
 //!
 //! Listens on `PIPELENS_ADDR` (default `127.0.0.1:8000`); telemetry from the
 //! usual `OTEL_*` variables, as for `pipelens serve`.
+//!
+//! The candidates: a lexicon, naive Bayes, the ONNX classifier of
+//! `models/sentiment` (run in the process by tract) and `remote_logistic`.
+//! With `PIPELENS_SENTIMENT_MODEL_SERVER` set to an Open Inference Protocol
+//! server's base URL (MLServer serving `deploy/mlserver`, such as
+//! `http://127.0.0.1:8080`), `remote_logistic` calls it; unset, the example
+//! starts its own scoring endpoint on a loopback port and says so. Nothing
+//! but cargo is needed either way.
 
 // The pipeline lives in the `pipelens` binary's demo (`pipelens serve`
 // serves it beside the ceiling-layout planner); its items are `pub` for the
@@ -33,8 +41,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => SocketAddr::from(([127, 0, 0, 1], 8000)),
     };
     let telemetry = telemetry::init(&TelemetryConfig::from_env()?)?;
-    let scorer = sentiment::start_scorer().await?;
-    let pipeline = sentiment::pipeline(telemetry.meter(), scorer)?;
+    let remote = match std::env::var("PIPELENS_SENTIMENT_MODEL_SERVER") {
+        Ok(base) if !base.is_empty() => {
+            let base = base.trim_end_matches('/').to_owned();
+            eprintln!("sentiment: remote_logistic calls the model server at {base}");
+            sentiment::Remote::ModelServer(base)
+        }
+        _ => {
+            let scorer = sentiment::start_scorer().await?;
+            eprintln!(
+                "sentiment: remote_logistic calls the scoring endpoint started at http://{scorer} \
+                 (set PIPELENS_SENTIMENT_MODEL_SERVER to use a model server such as MLServer)"
+            );
+            sentiment::Remote::Scorer(scorer)
+        }
+    };
+    let pipeline = sentiment::pipeline(telemetry.meter(), sentiment::Models::new(remote))?;
     let server = Server::builder()
         .telemetry(&telemetry)
         .pipeline(sentiment::served(pipeline))

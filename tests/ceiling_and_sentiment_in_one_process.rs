@@ -69,6 +69,7 @@ async fn one_server_serves_the_ceiling_and_sentiment_pipelines() {
         [
             ("lexicon", "sync", true),
             ("naive_bayes", "sync", true),
+            ("onnx_logistic", "sync", true),
             ("remote_logistic", "async", true)
         ]
     );

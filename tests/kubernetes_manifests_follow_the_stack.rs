@@ -19,6 +19,9 @@
 //! - exemplars as in compose: the Helm values turn on Prometheus' exemplar
 //!   storage when compose does, and link the chart's Prometheus data source's
 //!   `trace_id` exemplars to the Jaeger data source compose links them to.
+//! - MLServer runs as compose's `mlserver` does: the ports of its
+//!   settings.json behind a Service pipelens calls, its spans to the
+//!   collector, its metrics scraped by a ServiceMonitor.
 //!
 //! Regenerate the generated files (the only way to change them):
 //!
@@ -59,6 +62,7 @@ const APP_SERVICE: &str = "deploy/kubernetes/app/pipelens.yaml";
 const APP_LOADGEN: &str = "deploy/kubernetes/app/loadgen.yaml";
 const APP_COLLECTOR: &str = "deploy/kubernetes/app/otel-collector.yaml";
 const BATCH_JOB: &str = "deploy/kubernetes/batch/job.yaml";
+const APP_MLSERVER: &str = "deploy/kubernetes/app/mlserver.yaml";
 const SERVICE_MONITORS: &str = "deploy/kubernetes/monitoring/servicemonitors.yaml";
 const DATASOURCES: &str = "deploy/kubernetes/monitoring/grafana-datasources.yaml";
 const HELM_VALUES: &str = "deploy/kubernetes/helm/kube-prometheus-stack-values.yaml";
@@ -1309,7 +1313,13 @@ fn every_pod_is_hardened_and_bounded() {
     let mut problems = Vec::new();
     let mut deployments = 0;
     let mut jobs = 0;
-    for rel in [APP_SERVICE, APP_LOADGEN, APP_COLLECTOR, BATCH_JOB] {
+    for rel in [
+        APP_SERVICE,
+        APP_LOADGEN,
+        APP_COLLECTOR,
+        APP_MLSERVER,
+        BATCH_JOB,
+    ] {
         for deployment in manifest_objects(rel)
             .iter()
             .filter(|o| matches!(o["kind"].as_str(), Some("Deployment" | "Job")))
@@ -1372,8 +1382,8 @@ fn every_pod_is_hardened_and_bounded() {
         }
     }
     assert_eq!(
-        deployments, 3,
-        "the service, the load generator and the collector"
+        deployments, 4,
+        "the service, the load generator, the collector and MLServer"
     );
     assert_eq!(jobs, 1, "the batch Job");
     assert_no_problems("pod hardening", &problems);
@@ -1511,6 +1521,116 @@ fn the_collector_receives_what_the_service_sends_and_forwards_it() {
         problems.push("LOGS_OTLP_ENDPOINT is not a Loki OTLP base URL (…/otlp)".to_owned());
     }
     assert_no_problems(APP_COLLECTOR, &problems);
+}
+
+/// MLServer runs as compose runs it: the image of deploy/mlserver, listening
+/// on the ports of its settings.json behind a Service named as compose's
+/// service (which pipelens' PIPELENS_SENTIMENT_MODEL_SERVER names), its spans
+/// to the collector's OTLP gRPC port, its metrics scraped by a ServiceMonitor.
+#[test]
+fn mlserver_runs_what_compose_runs() {
+    let compose = compose_service("mlserver");
+    let settings: Json = serde_json::from_str(&read("deploy/mlserver/settings.json")).unwrap();
+    let objects = manifest_objects(APP_MLSERVER);
+    let deployment = find(&objects, "Deployment", "mlserver");
+    let service = find(&objects, "Service", "mlserver");
+    let ctr = container(deployment, "mlserver");
+    let env = container_env(ctr);
+    let mut problems = Vec::new();
+
+    let image = format!("pipelens-mlserver:{}", env!("CARGO_PKG_VERSION"));
+    if ctr["image"].as_str() != Some(image.as_str()) {
+        problems.push(format!("image is {:?}, not {image:?}", ctr["image"]));
+    }
+    for (name, key) in [
+        ("http", "http_port"),
+        ("grpc", "grpc_port"),
+        ("metrics", "metrics_port"),
+    ] {
+        let want = settings[key].as_u64();
+        if named_port(ctr, name) != want {
+            problems.push(format!(
+                "container port `{name}` is {:?}, settings.json's {key} is {want:?}",
+                named_port(ctr, name)
+            ));
+        }
+        if service_port(service, name).map(|(_, target)| target) != Some(name.to_owned()) {
+            problems.push(format!(
+                "the Service's port `{name}` does not target the container's"
+            ));
+        }
+    }
+    let pipelens = container_env(container(
+        find(&manifest_objects(APP_SERVICE), "Deployment", "pipelens"),
+        "pipelens",
+    ));
+    let http = service_port(service, "http").map(|(p, _)| p);
+    let want = format!("http://mlserver:{}", http.unwrap_or_default());
+    if pipelens.get("PIPELENS_SENTIMENT_MODEL_SERVER") != Some(&want) {
+        problems.push(format!(
+            "pipelens' PIPELENS_SENTIMENT_MODEL_SERVER is {:?}, not the Service's {want:?}",
+            pipelens.get("PIPELENS_SENTIMENT_MODEL_SERVER")
+        ));
+    }
+    // Spans: compose sends them to Jaeger's OTLP gRPC port; here the
+    // collector's, as for pipelens.
+    let collector_objects = manifest_objects(APP_COLLECTOR);
+    let collector = find(&collector_objects, "Service", "otel-collector");
+    let grpc = collector["spec"]["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|p| p["port"].as_u64() == Some(4317))
+        .and_then(|p| p["port"].as_u64());
+    let tracing = env
+        .get("MLSERVER_TRACING_SERVER")
+        .cloned()
+        .unwrap_or_default();
+    if grpc.is_none() || tracing != format!("otel-collector:{}", grpc.unwrap_or_default()) {
+        problems.push(format!(
+            "MLSERVER_TRACING_SERVER is {tracing:?}, not the collector's OTLP gRPC port {grpc:?}"
+        ));
+    }
+    if !compose_environment(&compose).contains_key("MLSERVER_TRACING_SERVER") {
+        problems.push("compose's mlserver sets no MLSERVER_TRACING_SERVER".to_owned());
+    }
+    // The image keeps its metrics files under /tmp: writable here.
+    let dockerfile = read("deploy/mlserver/Dockerfile");
+    if !dockerfile.contains("ENV MLSERVER_METRICS_DIR=/tmp/") {
+        problems.push(
+            "deploy/mlserver/Dockerfile does not keep MLSERVER_METRICS_DIR under /tmp".to_owned(),
+        );
+    }
+    let mounts_tmp = ctr["volumeMounts"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .any(|m| m["mountPath"].as_str() == Some("/tmp"));
+    if !mounts_tmp {
+        problems.push("mlserver mounts no writable /tmp on its read-only root".to_owned());
+    }
+    // Scraped, on the metrics port, as compose's job mlserver.
+    let monitors = manifest_objects(SERVICE_MONITORS);
+    let monitor = find(&monitors, "ServiceMonitor", "mlserver");
+    if !labels_select(
+        &monitor["spec"]["selector"]["matchLabels"],
+        &service["metadata"]["labels"],
+    ) {
+        problems
+            .push("the ServiceMonitor mlserver does not select the Service mlserver".to_owned());
+    }
+    let ports: Vec<&str> = monitor["spec"]["endpoints"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["port"].as_str())
+        .collect();
+    if ports != ["metrics"] {
+        problems.push(format!(
+            "the ServiceMonitor mlserver scrapes {ports:?}, not [\"metrics\"]"
+        ));
+    }
+    assert_no_problems(APP_MLSERVER, &problems);
 }
 
 #[test]

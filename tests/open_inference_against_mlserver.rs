@@ -6,7 +6,9 @@
 //! `GET /v1/pipelines`; a 4xx is `invalid_input` with the server's text;
 //! the server stopped mid-test gives `unavailable` outcomes, counted, while
 //! the other candidate still wins; and MLServer's own span of the request
-//! is a child of pipelens' `model.run` span, in the run's trace.
+//! is a child of pipelens' `model.run` span, in the run's trace. The
+//! sentiment demo pointed at it runs its `remote_logistic` there, answering
+//! as its in-process ONNX candidate does.
 
 #[allow(dead_code, unreachable_pub)]
 #[path = "../src/bin/pipelens/demo/mod.rs"]
@@ -350,4 +352,116 @@ async fn a_frozen_server_times_out_a_stopped_one_is_unavailable_and_the_other_ca
             && l.ends_with(&format!(" {}", runs + 1))
     });
     assert!(selected_fallback, "{metrics}");
+}
+
+/// The sentiment demo with `--sentiment-model-server`: `remote_logistic` is
+/// the reference model behind MLServer and answers what the in-process
+/// `onnx_logistic` (its ONNX export) answers, on the same texts; with the
+/// server away, only `remote_logistic` is unloaded (`/ready` 503 naming the
+/// server) while the other candidates serve every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sentiment_demo_runs_its_remote_candidate_on_mlserver() {
+    use demo::sentiment::{self, Models, Remote};
+
+    async fn demo_service(base: &str) -> std::net::SocketAddr {
+        let (registry, provider) =
+            metrics_provider(opentelemetry_sdk::Resource::builder_empty().build()).unwrap();
+        let provider = Box::leak(Box::new(provider));
+        let meter = opentelemetry::metrics::MeterProvider::meter(provider, "test");
+        let models = Models::new(Remote::ModelServer(base.to_owned()));
+        let pipeline = sentiment::pipeline(meter.clone(), models).unwrap();
+        let server = Server::builder()
+            .meter(meter)
+            .registry(registry)
+            .pipeline(sentiment::served(pipeline))
+            .build()
+            .unwrap();
+        serve(server).await
+    }
+    async fn classify(addr: std::net::SocketAddr, text: &str) -> serde_json::Value {
+        let reply = send(
+            addr,
+            Method::POST,
+            &runs_route(sentiment::NAME),
+            &serde_json::json!({ "text": text }).to_string(),
+            &[("content-type", "application/json")],
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{text}: {}", reply.body);
+        reply.json()
+    }
+    fn candidate<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+        report["stages"][1]["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["model_name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {report}"))
+    }
+
+    let mlserver = MlServer::start(None).await;
+    let addr = demo_service(&mlserver.base).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while send(addr, Method::GET, "/ready", "", &[]).await.status != StatusCode::OK {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let texts = texts();
+    for text in texts.iter().take(20) {
+        let report = classify(addr, text).await;
+        let (onnx, remote) = (
+            candidate(&report, "onnx_logistic"),
+            candidate(&report, "remote_logistic"),
+        );
+        assert_eq!(onnx["outcome"], "success", "{report}");
+        assert_eq!(remote["outcome"], "success", "{report}");
+        assert_eq!(remote["model_version"], "1", "{report}");
+        assert_eq!(onnx["answer"], remote["answer"], "{text}: {report}");
+        let (a, b) = (
+            onnx["confidence"].as_f64().unwrap(),
+            remote["confidence"].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-5, "{text}: onnx {a}, mlserver {b}");
+    }
+    drop(mlserver);
+
+    // No server: the other three candidates serve; /ready names the reason.
+    let dead = format!(
+        "http://{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    );
+    let addr = demo_service(&dead).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let reason = loop {
+        let listed = send(addr, Method::GET, "/v1/pipelines", "", &[])
+            .await
+            .json();
+        let models = listed["pipelines"][0]["stages"][1]["models"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let remote = models
+            .iter()
+            .find(|m| m["name"] == "remote_logistic")
+            .unwrap();
+        if let Some(reason) = remote["load_error"].as_str() {
+            for other in ["lexicon", "naive_bayes", "onnx_logistic"] {
+                let model = models.iter().find(|m| m["name"] == other).unwrap();
+                assert_eq!(model["loaded"], true, "{listed}");
+            }
+            break reason.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no load error: {listed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(reason.contains(&dead), "{reason}");
+    assert_eq!(
+        send(addr, Method::GET, "/ready", "", &[]).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let report = classify(addr, "I love this, it is excellent and works great").await;
+    assert_eq!(report["output"]["label"], "positive", "{report}");
 }

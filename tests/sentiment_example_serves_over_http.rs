@@ -66,6 +66,7 @@ async fn the_sentiment_example_classifies_traces_and_refuses_bad_input() {
     let mut child = Running(
         Command::new(example_binary())
             .env("PIPELENS_ADDR", addr.to_string())
+            .env_remove("PIPELENS_SENTIMENT_MODEL_SERVER")
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
             .env("OTEL_SERVICE_NAME", "sentiment-test")
@@ -136,6 +137,7 @@ async fn the_sentiment_example_classifies_traces_and_refuses_bad_input() {
             [
                 ("lexicon", "success"),
                 ("naive_bayes", "success"),
+                ("onnx_logistic", "success"),
                 ("remote_logistic", "success")
             ]
         );
@@ -180,6 +182,8 @@ async fn the_sentiment_example_classifies_traces_and_refuses_bad_input() {
         r#"ml_model_execution_duration_seconds_count{model_name="tokenize",pipeline="sentiment",stage="tokenize"} 2"#,
         r#"ml_model_loaded{model_name="naive_bayes",model_version="1.0.0",pipeline="sentiment"} 1"#,
         r#"ml_model_loaded{model_name="remote_logistic",model_version="1.0.0",pipeline="sentiment"} 1"#,
+        r#"ml_model_loaded{model_name="onnx_logistic",model_version="1.0.0",pipeline="sentiment"} 1"#,
+        r#"ml_model_executions_total{model_name="onnx_logistic",outcome="success",pipeline="sentiment",stage="classify"} 2"#,
         r#"http_server_request_duration_seconds_count{http_request_method="POST",http_response_status_code="422",http_route="/v1/pipelines/sentiment/runs"} 6"#,
     ] {
         assert!(metrics.contains(needle), "missing {needle}:\n{metrics}");

@@ -21,6 +21,9 @@
 //!   trace ids to the provisioned Jaeger; every dashboard query over the
 //!   three latency histograms' buckets shows exemplars; the service
 //!   dashboard shows the tail sampling decisions;
+//! - MLServer serves the sentiment model from deploy/mlserver with the
+//!   tests' pins, pipelens calls it, Prometheus scrapes it and its spans go
+//!   to Jaeger's OTLP gRPC receiver;
 //! - a span in Jaeger links to its trace's logs with a query Loki accepts;
 //! - every alert has a severity, summary, description, a runbook URL whose
 //!   anchor is a README heading and a dashboard link to a real dashboard, and
@@ -39,6 +42,7 @@ mod demo;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use pipelens::faults::Faults;
@@ -779,9 +783,21 @@ fn listening_ports(service: &Yaml) -> BTreeMap<u16, String> {
             ports.entry(p).or_insert(why);
         }
     }
+    // MLServer's image listens on the ports of deploy/mlserver/settings.json
+    // (values in that file win over MLSERVER_* variables).
+    if built_from(service) == MLSERVER_DOCKERFILE {
+        let settings = json_file("deploy/mlserver/settings.json");
+        for key in ["http_port", "grpc_port", "metrics_port"] {
+            ports.insert(
+                settings[key].as_u64().unwrap_or_default() as u16,
+                format!("{key} in deploy/mlserver/settings.json"),
+            );
+        }
+        return ports;
+    }
     // The pipelens image serves on PIPELENS_ADDR / --addr (default :8000)
     // when its command is `serve` (the image's CMD, when none is given).
-    if !service["build"].is_null() && args.first().is_none_or(|c| c == "serve") {
+    if built_from(service) == PIPELENS_DOCKERFILE && args.first().is_none_or(|c| c == "serve") {
         let addr = flag_value(&args, "addr").or_else(|| env.get("PIPELENS_ADDR").cloned());
         match addr.as_deref().and_then(port_of) {
             Some(p) => ports.insert(p, "PIPELENS_ADDR / --addr".to_owned()),
@@ -789,6 +805,30 @@ fn listening_ports(service: &Yaml) -> BTreeMap<u16, String> {
         };
     }
     ports
+}
+
+/// The pipelens image's Dockerfile.
+const PIPELENS_DOCKERFILE: &str = "deploy/Dockerfile";
+/// The sentiment model server's (MLServer's) Dockerfile.
+const MLSERVER_DOCKERFILE: &str = "deploy/mlserver/Dockerfile";
+
+/// The Dockerfile a compose service builds its image from, relative to the
+/// repository (empty for a pulled image).
+fn built_from(service: &Yaml) -> String {
+    let build = &service["build"];
+    if build.is_null() {
+        return String::new();
+    }
+    let context = yaml_str(build)
+        .or_else(|| yaml_str(&build["context"]))
+        .unwrap_or_else(|| ".".to_owned());
+    let dockerfile = yaml_str(&build["dockerfile"]).unwrap_or_else(|| "Dockerfile".to_owned());
+    let path = Path::new(&context).join(dockerfile);
+    path.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect::<PathBuf>()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// A problem if `addr` (`host:port` or a URL) does not name a compose service
@@ -924,6 +964,134 @@ fn every_target_and_url_names_a_compose_service_on_a_port_it_listens_on() {
         "targets and URLs do not match the compose services",
         &problems,
     );
+}
+
+/// `docker compose up` runs MLServer as the sentiment model server: built
+/// from deploy/mlserver with the tests' Python pins and the model files,
+/// called by pipelens, scraped by Prometheus and exporting its spans to
+/// Jaeger's OTLP gRPC receiver; the pipelens image carries the ONNX model.
+#[test]
+fn mlserver_serves_the_sentiment_model_and_reports_to_the_stack() {
+    let compose = compose();
+    let services = compose_services(&compose);
+    let mut problems = Vec::new();
+    let Some(mlserver) = services.get("mlserver") else {
+        panic!("docker-compose.yml has no mlserver service");
+    };
+    assert_eq!(built_from(mlserver), MLSERVER_DOCKERFILE);
+    let settings = json_file("deploy/mlserver/settings.json");
+    let port = |key: &str| settings[key].as_u64().unwrap_or_else(|| panic!("{key}"));
+
+    // The image: the tests' pins, MLServer's settings and the model.
+    let dockerfile = read(MLSERVER_DOCKERFILE);
+    let requirements = read("scripts/models/requirements.txt");
+    let python = requirements
+        .lines()
+        .find_map(|l| l.split("CPython ").nth(1))
+        .map(|v| {
+            let end = v
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(v.len());
+            v[..end].trim_end_matches('.').to_owned()
+        })
+        .expect("requirements.txt names its CPython version");
+    for needle in [
+        format!("FROM python:{python}"),
+        "COPY scripts/models/requirements.txt".to_owned(),
+        "--no-deps -r /tmp/requirements.txt".to_owned(),
+        "COPY deploy/mlserver/settings.json ./settings.json".to_owned(),
+        "COPY deploy/mlserver/sentiment/model-settings.json ./sentiment/model-settings.json"
+            .to_owned(),
+        "COPY models/sentiment/model.joblib ./sentiment/model.joblib".to_owned(),
+        r#"ENTRYPOINT ["mlserver", "start", "/opt/mlserver"]"#.to_owned(),
+    ] {
+        if !dockerfile.contains(&needle) {
+            problems.push(format!("{MLSERVER_DOCKERFILE} lacks {needle:?}"));
+        }
+    }
+    for pin in ["mlserver==", "mlserver-sklearn==", "scikit-learn=="] {
+        if !requirements.lines().any(|l| l.starts_with(pin)) {
+            problems.push(format!(
+                "scripts/models/requirements.txt does not pin {pin}"
+            ));
+        }
+    }
+    let model_settings = json_file("deploy/mlserver/sentiment/model-settings.json");
+    assert_eq!(model_settings["parameters"]["uri"], "./model.joblib");
+    let served = model_settings["name"].as_str().unwrap().to_owned();
+    assert_eq!(served, "sentiment", "the name the demo asks the server for");
+
+    // pipelens calls it, on its HTTP port.
+    let pipelens = &services["pipelens"];
+    let server = environment(pipelens)
+        .get("PIPELENS_SENTIMENT_MODEL_SERVER")
+        .cloned()
+        .unwrap_or_default();
+    if server != format!("http://mlserver:{}", port("http_port")) {
+        problems.push(format!(
+            "pipelens: PIPELENS_SENTIMENT_MODEL_SERVER is {server:?}, not MLServer's HTTP port {}",
+            port("http_port")
+        ));
+    }
+    if pipelens["depends_on"]
+        .as_mapping()
+        .is_some_and(|d| d.keys().any(|k| yaml_str(k).as_deref() == Some("mlserver")))
+    {
+        problems.push(
+            "pipelens depends_on mlserver: a missing model server must cost one candidate \
+             (its load retried, /ready 503), not the service"
+                .to_owned(),
+        );
+    }
+
+    // Prometheus scrapes its metrics port.
+    let prometheus = yaml_file("prometheus/prometheus.yml");
+    let target = format!("mlserver:{}", port("metrics_port"));
+    let scraped = prometheus["scrape_configs"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .any(|job| {
+            job["static_configs"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .any(|sc| yaml_strings(&sc["targets"]).contains(&target))
+        });
+    if !scraped {
+        problems.push(format!("prometheus.yml has no scrape job for {target}"));
+    }
+
+    // Its spans go to Jaeger's OTLP gRPC receiver (host:port, no scheme).
+    let tracing = environment(mlserver)
+        .get("MLSERVER_TRACING_SERVER")
+        .cloned()
+        .or_else(|| settings["tracing_server"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let jaeger = yaml_file("deploy/jaeger/config.yml");
+    let grpc = yaml_str(&jaeger["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"])
+        .and_then(|e| port_of(&e))
+        .expect("deploy/jaeger/config.yml has an OTLP gRPC receiver");
+    if tracing != format!("jaeger:{grpc}") {
+        problems.push(format!(
+            "mlserver: its tracing server is {tracing:?}, not Jaeger's OTLP gRPC receiver jaeger:{grpc}"
+        ));
+    }
+
+    // The pipelens image carries the ONNX model and says where.
+    let image = read(PIPELENS_DOCKERFILE);
+    let dir = image
+        .lines()
+        .find_map(|l| l.strip_prefix("ENV PIPELENS_SENTIMENT_MODEL_DIR="))
+        .expect("deploy/Dockerfile sets PIPELENS_SENTIMENT_MODEL_DIR");
+    let copy = format!(
+        "COPY models/sentiment/model.onnx models/sentiment/features.json {}/",
+        dir.trim_end_matches('/')
+    );
+    if !image.contains(&copy) {
+        problems.push(format!("{PIPELENS_DOCKERFILE} lacks {copy:?}"));
+    }
+    assert_no_problems("MLServer is not wired into the stack", &problems);
 }
 
 // ----------------------------------------------------------------- metrics

@@ -174,6 +174,15 @@ async fn tail_sampling_keeps_failed_slow_and_parented_traces_whole_and_exemplars
         .build()
         .unwrap();
     let addr = serve(server).await;
+    // Every model loaded (each load is a trace of its own, decided too)
+    // before counting.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while send(addr, Method::GET, "/ready", "", &[]).await.status != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The load spans close just after the models report loaded.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let (before, _) = decisions(addr).await;
 
     // Runs of every kind, each in its own trace.

@@ -98,6 +98,18 @@ enum Command {
         /// Created if missing.
         #[arg(long, env = "PIPELENS_DRIFT_REFERENCE_DIR")]
         drift_reference_dir: Option<PathBuf>,
+        /// The Open Inference Protocol server (MLServer, Triton, KServe)
+        /// serving the sentiment model as `sentiment`, such as
+        /// http://mlserver:8080: the sentiment pipeline's remote candidate
+        /// calls it. Unset, the candidate calls a scoring endpoint this
+        /// process starts on a loopback port.
+        #[arg(long, env = "PIPELENS_SENTIMENT_MODEL_SERVER", value_parser = model_server)]
+        sentiment_model_server: Option<String>,
+        /// The directory of the sentiment pipeline's ONNX model
+        /// (`model.onnx`, `features.json`); default: the repository's
+        /// `models/sentiment`.
+        #[arg(long, env = "PIPELENS_SENTIMENT_MODEL_DIR")]
+        sentiment_model_dir: Option<PathBuf>,
     },
     /// Build a drift reference profile from a sample of rooms.
     Profile {
@@ -253,6 +265,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             shutdown_grace_secs,
             drift_reference,
             drift_reference_dir,
+            sentiment_model_server,
+            sentiment_model_dir,
         } => {
             let defaults = Concurrency::default();
             let concurrency = Concurrency {
@@ -266,6 +280,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 Duration::from_secs_f64(shutdown_grace_secs),
                 drift_reference,
                 drift_reference_dir,
+                SentimentModels {
+                    server: sentiment_model_server,
+                    dir: sentiment_model_dir,
+                },
             )
             .await
         }
@@ -369,15 +387,34 @@ fn degrade_model(value: &str) -> Result<Degrade, String> {
     if value == "none" {
         return Ok(Degrade(None));
     }
-    Candidate::from_name(value)
+    Candidate::DEGRADABLE
+        .into_iter()
+        .find(|c| c.name() == value)
         .map(|c| Degrade(Some(c)))
         .ok_or_else(|| {
-            let names: Vec<&str> = Candidate::ALL.iter().map(|c| c.name()).collect();
+            let names: Vec<&str> = Candidate::DEGRADABLE.iter().map(|c| c.name()).collect();
             format!(
                 "expected one of {} or none, got {value:?}",
                 names.join(", ")
             )
         })
+}
+
+/// Parses `--sentiment-model-server`: an `http://` or `https://` base URL,
+/// without a trailing slash.
+fn model_server(value: &str) -> Result<String, String> {
+    let base = value.trim_end_matches('/');
+    let rest = base
+        .strip_prefix("http://")
+        .or_else(|| base.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => {
+            Ok(base.to_owned())
+        }
+        _ => Err(format!(
+            "expected a base URL such as http://mlserver:8080, got {value:?}"
+        )),
+    }
 }
 
 /// Parses `--shutdown-grace-secs`: a finite number of seconds, 0 or more.
@@ -390,12 +427,21 @@ fn grace_secs(value: &str) -> Result<f64, String> {
     }
 }
 
+/// `serve`'s sentiment model flags.
+struct SentimentModels {
+    /// `--sentiment-model-server`.
+    server: Option<String>,
+    /// `--sentiment-model-dir`.
+    dir: Option<PathBuf>,
+}
+
 async fn serve(
     addr: SocketAddr,
     concurrency: Concurrency,
     grace: Duration,
     drift_reference: Option<PathBuf>,
     drift_reference_dir: Option<PathBuf>,
+    models: SentimentModels,
 ) -> anyhow::Result<()> {
     let config = TelemetryConfig::from_env()?;
     let telemetry = telemetry::init(&config).context("cannot initialise telemetry")?;
@@ -425,18 +471,35 @@ async fn serve(
         planner::DRIFT_WINDOW,
         references,
     )?;
-    // The sentiment pipeline's remote candidate calls a scoring endpoint,
-    // started here on a loopback port.
-    let scorer = sentiment::start_scorer()
-        .await
-        .context("cannot start the sentiment scoring endpoint")?;
+    // The sentiment pipeline's remote candidate calls the model server when
+    // one is configured, else a scoring endpoint started here on a loopback
+    // port.
+    let remote = match models.server {
+        Some(base) => sentiment::Remote::ModelServer(base),
+        None => sentiment::Remote::Scorer(
+            sentiment::start_scorer()
+                .await
+                .context("cannot start the sentiment scoring endpoint")?,
+        ),
+    };
+    let models = sentiment::Models {
+        dir: models.dir.unwrap_or_else(sentiment::reference::default_dir),
+        remote,
+    };
+    let remote_logistic = match &models.remote {
+        sentiment::Remote::ModelServer(base) => format!("model server {base}"),
+        sentiment::Remote::Scorer(addr) => format!(
+            "built-in scoring endpoint http://{addr} (no --sentiment-model-server / PIPELENS_SENTIMENT_MODEL_SERVER)"
+        ),
+    };
+    let onnx_model = models.dir.join("model.onnx").display().to_string();
     let reviews = match sentiment_dir {
         Some(dir) => sentiment::pipeline_with_drift(
             telemetry.meter(),
-            scorer,
+            models,
             sentiment::drift_spec().references_in(dir),
         )?,
-        None => sentiment::pipeline(telemetry.meter(), scorer)?,
+        None => sentiment::pipeline(telemetry.meter(), models)?,
     };
     let mut builder = Server::builder()
         .telemetry(&telemetry)
@@ -462,6 +525,8 @@ async fn serve(
         traces_exported = config.traces.is_some(),
         logs_exported = config.logs.is_some(),
         faults = ?faults.snapshot(),
+        sentiment.remote_logistic = %remote_logistic,
+        sentiment.onnx_model = %onnx_model,
         "pipelens starting"
     );
     server::run(server, addr, telemetry)
@@ -735,17 +800,45 @@ mod tests {
     }
 
     #[test]
+    fn the_sentiment_model_server_is_a_base_url() {
+        let server = |args: &[&str]| {
+            let argv = [&["pipelens", "serve"], args].concat();
+            match Cli::try_parse_from(argv).map(|cli| cli.command) {
+                Ok(Command::Serve {
+                    sentiment_model_server,
+                    ..
+                }) => Ok(sentiment_model_server),
+                Ok(_) => panic!("not serve"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(
+            server(&["--sentiment-model-server", "http://mlserver:8080/"]),
+            Ok(Some("http://mlserver:8080".to_owned()))
+        );
+        for bad in ["mlserver:8080", "http://", "ftp://mlserver"] {
+            let message = server(&["--sentiment-model-server", bad]).unwrap_err();
+            assert!(message.contains("--sentiment-model-server"), "{message}");
+            assert!(message.contains("http://mlserver:8080"), "{message}");
+        }
+    }
+
+    #[test]
     fn bad_loadgen_sentiment_flags_are_named() {
         let error = |args: &[&str]| match loadgen_args(args) {
             Ok(_) => panic!("{args:?} must be refused"),
             Err(e) => e.to_string(),
         };
-        let message = error(&["--degrade-model", "bert"]);
-        assert!(message.contains("--degrade-model"), "{message}");
-        assert!(
-            message.contains("lexicon, naive_bayes, remote_logistic"),
-            "{message}"
-        );
+        // The ONNX model is trained on the review pool: no review is
+        // misread by it alone, so it cannot be degraded.
+        for model in ["bert", "onnx_logistic"] {
+            let message = error(&["--degrade-model", model]);
+            assert!(message.contains("--degrade-model"), "{message}");
+            assert!(
+                message.contains("lexicon, naive_bayes, remote_logistic or none"),
+                "{message}"
+            );
+        }
         for (flag, value) in [
             ("--sentiment-share", "1.5"),
             ("--sentiment-share", "-0.1"),

@@ -471,8 +471,9 @@ fn index(label: Label) -> usize {
     }
 }
 
-/// Polarity from three class probabilities: P(positive) - P(negative).
-fn scored(probabilities: [f64; 3]) -> Scored {
+/// Polarity from three class probabilities (positive, negative, neutral):
+/// P(positive) - P(negative), labelled with the most probable class.
+pub fn scored(probabilities: [f64; 3]) -> Scored {
     let best = (0..3)
         .max_by(|&a, &b| probabilities[a].total_cmp(&probabilities[b]))
         .unwrap_or(2);

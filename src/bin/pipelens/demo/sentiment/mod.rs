@@ -1,12 +1,19 @@
 //! The sentiment pipeline, a second domain served by the same library:
-//! `{"text": "..."}` → a `tokenize` step → three candidate classifiers in a
-//! parallel stage (a lexicon, a naive Bayes model trained at load time, and
-//! an async call to a remote scoring endpoint) → a `label` step giving
+//! `{"text": "..."}` → a `tokenize` step → four candidate classifiers in a
+//! parallel stage (a lexicon, a naive Bayes model trained at load time, the
+//! reference logistic regression of `models/sentiment/model.onnx` run in the
+//! process by tract, and an async remote candidate) → a `label` step giving
 //! `{"label": "positive|negative|neutral", "score": ...}`.
 //!
-//! The remote candidate shows how a model's outbound HTTP call carries the
-//! run's trace: it adds `pipelens::telemetry::trace_headers()` to its
-//! request, and the scoring endpoint continues the trace from them.
+//! The remote candidate, `remote_logistic`, is where the model lives:
+//! - with a model server configured ([`Remote::ModelServer`]), the reference
+//!   model served by MLServer over the Open Inference Protocol (an
+//!   `OpenInferenceModel`, [`reference::remote`]);
+//! - without one ([`Remote::Scorer`]), a logistic model behind a scoring
+//!   endpoint the process starts itself, which shows how a hand-written
+//!   outbound HTTP call carries the run's trace: it adds
+//!   `pipelens::telemetry::trace_headers()` to its request, and the scoring
+//!   endpoint continues the trace from them.
 //!
 //! The classifiers are judged against ground truth: a label sent later to
 //! `POST /v1/pipelines/sentiment/runs/{run_id}/feedback` counts each
@@ -18,6 +25,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -39,6 +47,7 @@ use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 pub mod classify;
+pub mod reference;
 pub mod reviews;
 
 use classify::{Lexicon, NaiveBayes, Scored, Tokens};
@@ -67,13 +76,49 @@ pub struct Sentiment {
     pub score: f64,
 }
 
-/// Builds the pipeline, recording into `meter`; the remote candidate calls
-/// the scoring endpoint at `scorer`.
+/// Where the remote candidate, `remote_logistic`, runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remote {
+    /// The scoring endpoint at this address ([`start_scorer`]).
+    Scorer(SocketAddr),
+    /// The Open Inference Protocol server at this base URL (such as
+    /// `http://mlserver:8080`), serving the reference model as `sentiment`.
+    ModelServer(String),
+}
+
+/// What the pipeline's models need from outside the process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Models {
+    /// The directory of `model.onnx` and `features.json`.
+    pub dir: PathBuf,
+    /// Where `remote_logistic` runs.
+    pub remote: Remote,
+}
+
+impl Models {
+    /// The reference model's files from [`reference::default_dir`], and the
+    /// remote candidate at `remote`.
+    pub fn new(remote: Remote) -> Self {
+        Self {
+            dir: reference::default_dir(),
+            remote,
+        }
+    }
+}
+
+impl From<SocketAddr> for Models {
+    fn from(scorer: SocketAddr) -> Self {
+        Self::new(Remote::Scorer(scorer))
+    }
+}
+
+/// Builds the pipeline, recording into `meter`, with the remote candidate
+/// and the model files of `models` (a scoring endpoint's address will do).
 pub fn pipeline(
     meter: Meter,
-    scorer: SocketAddr,
+    models: impl Into<Models>,
 ) -> Result<Pipeline<Request, Sentiment>, BuildError> {
-    pipeline_with_drift(meter, scorer, drift_spec())
+    pipeline_with_drift(meter, models, drift_spec())
 }
 
 /// The drift features of a review: its length in characters.
@@ -91,19 +136,25 @@ pub fn drift_spec() -> DriftSpec<Request> {
 /// in a directory, say).
 pub fn pipeline_with_drift(
     meter: Meter,
-    scorer: SocketAddr,
+    models: impl Into<Models>,
     drift: DriftSpec<Request>,
 ) -> Result<Pipeline<Request, Sentiment>, BuildError> {
+    let models = models.into();
+    let stage = Stage::parallel("classify")
+        .model(LexiconModel(Lexicon::new()))
+        .model(BayesModel(OnceLock::new()))
+        .model(reference::OnnxLogistic::new(&models.dir));
+    let stage = match &models.remote {
+        Remote::Scorer(addr) => stage.async_model(RemoteScorer::new(*addr)),
+        Remote::ModelServer(base) => stage.async_model(reference::remote(base, &models.dir)),
+    };
     Pipeline::builder(NAME)
         .meter(meter)
         .step("tokenize", |request: &Request| {
             Ok(classify::tokenize(&request.text))
         })
         .stage(
-            Stage::parallel("classify")
-                .model(LexiconModel(Lexicon::new()))
-                .model(BayesModel(OnceLock::new()))
-                .async_model(RemoteScorer::new(scorer))
+            stage
                 .timeout(CLASSIFY_TIMEOUT)
                 .judge(Judge::label(|scored: &Scored| scored.label.as_str())),
         )
@@ -141,13 +192,26 @@ pub enum Candidate {
     Lexicon,
     /// `naive_bayes`: the naive Bayes model.
     NaiveBayes,
-    /// `remote_logistic`: the logistic model behind the scoring endpoint.
+    /// `onnx_logistic`: the reference model's ONNX export, run by tract.
+    OnnxLogistic,
+    /// `remote_logistic`: the logistic model behind the scoring endpoint,
+    /// or the reference model behind the model server when one is set.
     RemoteLogistic,
 }
 
 impl Candidate {
     /// Every candidate, in the stage's order.
-    pub const ALL: [Candidate; 3] = [
+    pub const ALL: [Candidate; 4] = [
+        Candidate::Lexicon,
+        Candidate::NaiveBayes,
+        Candidate::OnnxLogistic,
+        Candidate::RemoteLogistic,
+    ];
+
+    /// The candidates `loadgen --degrade-model` can degrade: each alone
+    /// misreads some reviews of the pool. The reference model is trained on
+    /// the pool and reads (almost) all of it right.
+    pub const DEGRADABLE: [Candidate; 3] = [
         Candidate::Lexicon,
         Candidate::NaiveBayes,
         Candidate::RemoteLogistic,
@@ -158,17 +222,15 @@ impl Candidate {
         match self {
             Candidate::Lexicon => "lexicon",
             Candidate::NaiveBayes => "naive_bayes",
+            Candidate::OnnxLogistic => "onnx_logistic",
             Candidate::RemoteLogistic => "remote_logistic",
         }
     }
 
-    /// The candidate named `name`, if any.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.name() == name)
-    }
-
     /// What this candidate makes of `tokens`, computed in-process (the
-    /// remote candidate's model is the one its scoring endpoint runs).
+    /// remote candidate's model is the one the scoring endpoint runs; the
+    /// ONNX model, read from [`reference::default_dir`], answers neutral
+    /// with no confidence when its files cannot be read).
     pub fn score(self, tokens: &Tokens) -> Scored {
         static LEXICON: OnceLock<Lexicon> = OnceLock::new();
         static BAYES: OnceLock<NaiveBayes> = OnceLock::new();
@@ -177,6 +239,11 @@ impl Candidate {
             Candidate::NaiveBayes => BAYES
                 .get_or_init(NaiveBayes::trained_default)
                 .classify(tokens),
+            Candidate::OnnxLogistic => reference::score(tokens).unwrap_or(Scored {
+                label: classify::Label::Neutral,
+                score: 0.0,
+                confidence: 0.0,
+            }),
             Candidate::RemoteLogistic => classify::logistic_score(tokens),
         }
     }

@@ -5,12 +5,13 @@
 //! Reviews come from templates: a product (the subject) × an opinion
 //! phrase, optionally intensified or negated, plus neutral factual
 //! sentences. The label is the template's, chosen as a person would label
-//! the sentence. Most phrasings are read right by all three candidates;
+//! the sentence. Most phrasings are read right by all the candidates;
 //! a few families are phrasings one candidate misreads (a neutral fact
 //! containing a word the lexicon scores, a complaint the lexicon has no word
 //! for, short phrasings the trained models saw too little of), so that
-//! [`misread_only_by`] finds, for each candidate, reviews that only it gets
-//! wrong. No review is a text of the training [`CORPUS`](super::classify::CORPUS).
+//! [`misread_only_by`] finds, for each hand-written candidate, reviews that
+//! only it gets wrong (the reference model of `scripts/make-models` is
+//! trained on this pool). No review is a text of the training [`CORPUS`](super::classify::CORPUS).
 
 use std::sync::OnceLock;
 
@@ -245,9 +246,9 @@ pub fn pool() -> &'static [Review] {
     POOL.get_or_init(build)
 }
 
-/// The reviews of the pool that `model` misclassifies while both other
+/// The reviews of the pool that `model` misclassifies while all other
 /// candidates classify them right (the classifiers run in-process: the
-/// remote one is the logistic model its endpoint serves).
+/// remote one is the logistic model the built-in scoring endpoint serves).
 pub fn misread_only_by(model: Candidate) -> Vec<&'static Review> {
     pool()
         .iter()
@@ -478,8 +479,9 @@ mod tests {
     }
 
     /// Each candidate is right on most of the pool (an accuracy alert at 0.8
-    /// stays silent on this traffic), and misreads at least ten reviews that
-    /// both others get right (what `loadgen --degrade-model` sends).
+    /// stays silent on this traffic), and each degradable one misreads at
+    /// least ten reviews that all the others get right (what
+    /// `loadgen --degrade-model` sends).
     #[test]
     fn each_candidate_reads_most_reviews_and_alone_misreads_some() {
         let pool = pool();
@@ -497,6 +499,9 @@ mod tests {
                 alone.len()
             );
             assert!(accuracy >= 0.85, "{}: {accuracy}", candidate.name());
+            if !Candidate::DEGRADABLE.contains(&candidate) {
+                continue;
+            }
             assert!(alone.len() >= 10, "{}: {}", candidate.name(), alone.len());
             for review in alone {
                 let tokens = tokenize(&review.text);
