@@ -390,25 +390,12 @@ impl<In: 'static, Out: 'static> OnnxModel<In, Out> {
         let output = probabilities.into();
         self.outputs(move |outputs| {
             let view = outputs.f32(&output)?;
-            if view.data.len() != classes.len() {
-                return Err(ModelError::Computation(format!(
-                    "output `{output}` has shape {:?}, expected {} class probabilities",
-                    view.shape,
-                    classes.len()
-                )));
-            }
-            let (best, p) =
-                view.data
-                    .iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |(bi, bp), (i, &p)| {
-                        if p > bp {
-                            (i, p)
-                        } else {
-                            (bi, bp)
-                        }
-                    });
-            Ok(Prediction::new(classes[best].clone(), f64::from(p)))
+            super::most_probable(
+                &output,
+                view.shape,
+                view.data.iter().map(|&p| f64::from(p)),
+                &classes,
+            )
         })
     }
 

@@ -517,26 +517,12 @@ impl<In: 'static, Out: 'static> OpenInferenceModel<In, Out> {
         let output = probabilities.into();
         self.request_output(output.clone()).outputs(move |outputs| {
             let tensor = outputs.f64(&output)?;
-            if tensor.data.len() != classes.len() {
-                return Err(ModelError::Computation(format!(
-                    "output `{output}` has shape {:?}, expected {} class probabilities",
-                    tensor.shape,
-                    classes.len()
-                )));
-            }
-            let (best, p) =
-                tensor
-                    .data
-                    .iter()
-                    .enumerate()
-                    .fold((0, f64::NEG_INFINITY), |(bi, bp), (i, &p)| {
-                        if p > bp {
-                            (i, p)
-                        } else {
-                            (bi, bp)
-                        }
-                    });
-            Ok(Prediction::new(classes[best].clone(), p))
+            super::most_probable(
+                &output,
+                &tensor.shape,
+                tensor.data.iter().copied(),
+                &classes,
+            )
         })
     }
 
