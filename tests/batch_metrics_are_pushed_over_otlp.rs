@@ -4,15 +4,12 @@
 //! the batch's `batch_id` and `service.name` on the resource, delivered by
 //! the time the process exits.
 
-use std::sync::{Arc, Mutex};
+#[allow(dead_code, unreachable_pub, missing_docs)]
+#[path = "support/otlp.rs"]
+mod otlp;
 
-use axum::body::Bytes;
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
-use prost::Message as _;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pipelens");
 
@@ -27,19 +24,7 @@ fn text(attrs: &[KeyValue], key: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_pushes_its_metrics_with_its_batch_id() {
-    let received: Arc<Mutex<Vec<ExportMetricsServiceRequest>>> = Arc::default();
-    let store = Arc::clone(&received);
-    let app = axum::Router::new().route(
-        "/api/v1/otlp/v1/metrics",
-        axum::routing::post(move |body: Bytes| async move {
-            let request = ExportMetricsServiceRequest::decode(body).expect("protobuf metrics");
-            store.lock().unwrap().push(request);
-            ExportMetricsServiceResponse::default().encode_to_vec()
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (addr, received) = otlp::start_metrics_http().await;
 
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("rooms.jsonl");

@@ -13,18 +13,15 @@
 //! (`otlp.promote_resource_attributes` in prometheus/prometheus.yml) and
 //! `job`/`instance` from `service.name`/`service.instance.id`.
 
+#[allow(dead_code, unreachable_pub, missing_docs)]
+#[path = "support/otlp.rs"]
+mod otlp;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 
-use axum::body::Bytes;
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::metrics::v1::Metric;
 use pipelens::names;
-use prost::Message as _;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pipelens");
 
@@ -359,19 +356,7 @@ fn promoted() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pushed_batch_lands_under_the_contract_names_with_batch_id() {
-    let received: Arc<Mutex<Vec<ExportMetricsServiceRequest>>> = Arc::default();
-    let store = Arc::clone(&received);
-    let app = axum::Router::new().route(
-        "/api/v1/otlp/v1/metrics",
-        axum::routing::post(move |body: Bytes| async move {
-            let request = ExportMetricsServiceRequest::decode(body).expect("protobuf metrics");
-            store.lock().unwrap().push(request);
-            ExportMetricsServiceResponse::default().encode_to_vec()
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (addr, received) = otlp::start_metrics_http().await;
 
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("rooms.jsonl");

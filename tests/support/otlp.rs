@@ -12,6 +12,9 @@ use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -178,6 +181,31 @@ pub async fn start_http_at(addr: SocketAddr) -> (SocketAddr, Received) {
             }),
         );
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, received)
+}
+
+/// What an OTLP/HTTP metrics receiver got, one request each.
+pub type MetricsReceived = Arc<Mutex<Vec<ExportMetricsServiceRequest>>>;
+
+/// The path of Prometheus' OTLP receiver, which batch runs push to.
+pub const PROMETHEUS_OTLP_METRICS_PATH: &str = "/api/v1/otlp/v1/metrics";
+
+/// Starts an OTLP/HTTP (protobuf) metrics receiver on a loopback port at
+/// [`PROMETHEUS_OTLP_METRICS_PATH`], as Prometheus' OTLP receiver takes them.
+pub async fn start_metrics_http() -> (SocketAddr, MetricsReceived) {
+    let received = MetricsReceived::default();
+    let store = Arc::clone(&received);
+    let app = axum::Router::new().route(
+        PROMETHEUS_OTLP_METRICS_PATH,
+        axum::routing::post(move |body: Bytes| async move {
+            let request = ExportMetricsServiceRequest::decode(body).expect("protobuf metrics");
+            store.lock().unwrap().push(request);
+            ExportMetricsServiceResponse::default().encode_to_vec()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (addr, received)
