@@ -152,8 +152,7 @@ fn parse_labels(s: &str) -> Option<Vec<(&str, &str)>> {
     let mut rest = s;
     loop {
         rest = rest.trim_start_matches(',');
-        if let Some(r) = rest.strip_prefix('}') {
-            let _ = r;
+        if rest.starts_with('}') {
             return Some(out);
         }
         let eq = rest.find("=\"")?;

@@ -231,8 +231,6 @@ impl State {
         self.count(d);
         if self.pass_through {
             self.spans.on_end(root);
-            // Flags of traces whose root never ends are still bounded in time.
-            self.sweep(trace);
             return;
         }
         {
@@ -305,9 +303,15 @@ impl State {
     }
 
     /// Sets a flag on `trace`'s held entry (made if there is room).
+    /// Flags are all pass-through mode holds, so they also sweep: a flagged
+    /// trace whose root never ends is still bounded in time, without a
+    /// sweep on every root.
     fn mark(&self, trace: TraceId, set: impl FnOnce(&mut Held)) {
-        let mut shard = self.table.shard(trace);
-        let _ = self.table.place(&mut shard, trace, (), |h, ()| set(h));
+        {
+            let mut shard = self.table.shard(trace);
+            let _ = self.table.place(&mut shard, trace, (), |h, ()| set(h));
+        }
+        self.sweep(trace);
     }
 
     fn log(&self, record: &mut SdkLogRecord, scope: &InstrumentationScope) {
