@@ -82,6 +82,7 @@ pub mod names;
 pub mod pipeline;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod store;
 pub mod telemetry;
 
 pub use drift::{DriftSpec, Feature};

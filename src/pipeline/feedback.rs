@@ -2,9 +2,7 @@
 //! is remembered per run id, in a bounded store, until the truth arrives;
 //! then every answer is judged and counted per model.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 use opentelemetry::metrics::{BoundCounter, BoundHistogram};
 use opentelemetry::KeyValue;
@@ -14,6 +12,7 @@ use super::instruments::Instruments;
 use super::judge::{Answer, Rule};
 use super::report::StageReport;
 use crate::names;
+use crate::store::{ModelAnswer, RunRecord, StageRecord};
 
 /// Default number of runs remembered for feedback, per pipeline.
 pub const FEEDBACK_RUNS: usize = 100_000;
@@ -31,7 +30,8 @@ pub enum FeedbackError {
         pipeline: String,
     },
     /// No run with this id is waiting for feedback: the id is unknown, the
-    /// run failed, or it is older than the retention window.
+    /// run failed, it is older than the retention window, or the store
+    /// dropped it (queue full).
     #[error("no run `{run_id}` awaits feedback (unknown, failed, or past the retention window)")]
     UnknownRun {
         /// The id as given.
@@ -70,6 +70,13 @@ pub enum FeedbackError {
     /// A value truth must be a finite number.
     #[error("the true value must be a finite number")]
     NotFinite,
+    /// The run store did not answer: the run may exist, so try again later
+    /// (an HTTP service answers 503 with `Retry-After`).
+    #[error("the run store is unavailable, retry later: {message}")]
+    StoreUnavailable {
+        /// Why (never a password).
+        message: String,
+    },
 }
 
 impl FeedbackError {
@@ -197,167 +204,95 @@ impl JudgedStage {
     }
 }
 
-/// What one judged stage of one run answered.
-struct Answers {
-    /// By candidate, in declaration order; `None` for those that failed.
-    answers: Vec<Option<Answer>>,
-    selected: Option<usize>,
-    judged: bool,
-}
-
-struct Entry {
-    at: Instant,
-    /// By judged stage.
-    stages: Vec<Answers>,
-}
-
-#[derive(Default)]
-struct Shard {
-    runs: HashMap<u128, Entry>,
-    /// Run ids in the order they were remembered (so oldest first).
-    order: VecDeque<u128>,
-}
-
-const SHARDS: usize = 16;
-
-/// The runs of one pipeline awaiting ground truth: at most `capacity`,
-/// none older than `retention`; the oldest go first. Sharded so concurrent
-/// runs rarely wait on each other.
-pub(crate) struct Memory {
-    shards: [Mutex<Shard>; SHARDS],
-    per_shard: usize,
-    retention: Duration,
-}
-
-impl Memory {
-    pub(crate) fn new(capacity: usize, retention: Duration) -> Self {
-        Self {
-            shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
-            per_shard: capacity.div_ceil(SHARDS).max(1),
-            retention,
-        }
-    }
-
-    fn shard(&self, id: u128) -> std::sync::MutexGuard<'_, Shard> {
-        // Ids are random: their low bits spread evenly.
-        let shard = &self.shards[(id as usize) % SHARDS];
-        shard.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Remembers what the judged stages of a successful run answered.
-    pub(crate) fn remember(&self, id: u128, judged: &[JudgedStage], reports: &[StageReport]) {
-        let stages = judged
-            .iter()
-            .map(|j| {
-                let report = reports.get(j.position);
-                Answers {
-                    answers: report
-                        .map(|r| r.models.iter().map(|m| m.answer.clone()).collect())
-                        .unwrap_or_default(),
-                    selected: report.and_then(|r| {
-                        let selected = r.selected_model.as_deref()?;
-                        r.models.iter().position(|m| m.model_name == selected)
-                    }),
-                    judged: false,
-                }
-            })
-            .collect();
-        let now = Instant::now();
-        let mut shard = self.shard(id);
-        shard.evict(now, self.retention, self.per_shard.saturating_sub(1));
-        if shard.runs.insert(id, Entry { at: now, stages }).is_none() {
-            shard.order.push_back(id);
-        }
-    }
-
-    /// Judges the answers of `stage` (an index into `judged`) of run `id`
-    /// against `truth`, once.
-    pub(crate) fn judge(
-        &self,
-        pipeline: &str,
-        run_id: &str,
-        judged: &[JudgedStage],
-        stage: usize,
-        truth: Answer,
-    ) -> Result<FeedbackReport, FeedbackError> {
-        let unknown = || FeedbackError::UnknownRun {
-            run_id: run_id.to_owned(),
-        };
-        let id = parse_run_id(run_id).ok_or_else(unknown)?;
-        let spec = &judged[stage];
-        let now = Instant::now();
-        let (answers, selected) = {
-            let mut shard = self.shard(id);
-            shard.evict(now, self.retention, self.per_shard);
-            let entry = shard.runs.get_mut(&id).ok_or_else(unknown)?;
-            let Some(answers) = entry.stages.get_mut(stage) else {
-                return Err(unknown());
-            };
-            if answers.judged {
-                return Err(FeedbackError::AlreadyJudged {
-                    run_id: run_id.to_owned(),
-                    stage: spec.name.clone(),
-                });
+/// What the judged stages of a successful run answered, as the run store
+/// keeps it.
+pub(crate) fn record(
+    pipeline: &str,
+    run_id: u128,
+    judged: &[JudgedStage],
+    reports: &[StageReport],
+) -> RunRecord {
+    let stages = judged
+        .iter()
+        .map(|j| {
+            let report = reports.get(j.position);
+            StageRecord {
+                stage: j.name.clone(),
+                selected: report.and_then(|r| r.selected_model.clone()),
+                answers: report
+                    .map(|r| {
+                        r.models
+                            .iter()
+                            .map(|m| ModelAnswer {
+                                model: m.model_name.clone(),
+                                answer: m.answer.clone(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }
-            answers.judged = true;
-            (std::mem::take(&mut answers.answers), answers.selected)
+        })
+        .collect();
+    RunRecord {
+        pipeline: pipeline.to_owned(),
+        run_id,
+        at: SystemTime::now(),
+        stages,
+    }
+}
+
+/// Judges a claimed stage's answers against `truth`: counts every
+/// candidate's verdict and the served one's, and reports them.
+pub(crate) fn judge(
+    pipeline: &str,
+    run_id: &str,
+    spec: &JudgedStage,
+    stored: StageRecord,
+    truth: Answer,
+) -> FeedbackReport {
+    let mut models = Vec::new();
+    let mut selected_correct = None;
+    for stored_answer in stored.answers {
+        let Some(answer) = stored_answer.answer else {
+            continue;
         };
-        let mut models = Vec::new();
-        let mut selected_correct = None;
-        for (i, (answer, model)) in answers.into_iter().zip(&spec.models).enumerate() {
-            let Some(answer) = answer else { continue };
-            let verdict = spec.rule.verdict(&answer, &truth);
+        // A candidate that is no longer declared (the pipeline changed
+        // since the run) is reported but not counted.
+        let model = spec.models.iter().find(|m| m.name == stored_answer.model);
+        let verdict = spec.rule.verdict(&answer, &truth);
+        if let Some(model) = model {
             model.counts[usize::from(verdict.correct)].add(1);
             if let (Some(h), Some(e)) = (&model.error, verdict.absolute_error) {
                 h.record(e);
             }
-            if selected == Some(i) {
-                spec.served[usize::from(verdict.correct)].add(1);
-                selected_correct = Some(verdict.correct);
-            }
-            models.push(Judgement {
-                model_name: model.name.clone(),
-                answer,
-                correct: verdict.correct,
-                absolute_error: verdict.absolute_error,
-            });
         }
-        let selected_model = selected.map(|i| spec.models[i].name.clone());
-        tracing::info!(
-            pipeline.name = pipeline,
-            stage.name = spec.name.as_str(),
-            run_id = run_id,
-            model.name = selected_model.as_deref().unwrap_or(""),
-            feedback.correct = selected_correct.unwrap_or(false),
-            "feedback recorded"
-        );
-        Ok(FeedbackReport {
-            pipeline: pipeline.to_owned(),
-            run_id: run_id.to_owned(),
-            stage: spec.name.clone(),
-            truth,
-            selected_model,
-            selected_correct,
-            models,
-        })
+        if stored.selected.as_deref() == Some(stored_answer.model.as_str()) {
+            spec.served[usize::from(verdict.correct)].add(1);
+            selected_correct = Some(verdict.correct);
+        }
+        models.push(Judgement {
+            model_name: stored_answer.model,
+            answer,
+            correct: verdict.correct,
+            absolute_error: verdict.absolute_error,
+        });
     }
-}
-
-impl Shard {
-    /// Drops runs older than `retention`, then the oldest until at most
-    /// `keep` are left.
-    fn evict(&mut self, now: Instant, retention: Duration, keep: usize) {
-        while let Some(&oldest) = self.order.front() {
-            let expired = self
-                .runs
-                .get(&oldest)
-                .is_none_or(|e| now.duration_since(e.at) > retention);
-            if !expired && self.runs.len() <= keep {
-                break;
-            }
-            self.order.pop_front();
-            self.runs.remove(&oldest);
-        }
+    tracing::info!(
+        pipeline.name = pipeline,
+        stage.name = spec.name.as_str(),
+        run_id = run_id,
+        model.name = stored.selected.as_deref().unwrap_or(""),
+        feedback.correct = selected_correct.unwrap_or(false),
+        "feedback recorded"
+    );
+    FeedbackReport {
+        pipeline: pipeline.to_owned(),
+        run_id: run_id.to_owned(),
+        stage: spec.name.clone(),
+        truth,
+        selected_model: stored.selected,
+        selected_correct,
+        models,
     }
 }
 

@@ -16,8 +16,7 @@ use super::chain::{check_name, Binder, StageChain, StageStates, Start, Then};
 use super::error::{BuildError, LoadError, ModelFailure, RunError};
 use super::execution::{Env, Execution};
 use super::feedback::{
-    new_run_id, FeedbackError, FeedbackReport, JudgedStage, Memory, FEEDBACK_RETENTION,
-    FEEDBACK_RUNS,
+    new_run_id, FeedbackError, FeedbackReport, JudgedStage, FEEDBACK_RETENTION, FEEDBACK_RUNS,
 };
 use super::judge::Answer;
 use super::lifecycle::ModelState;
@@ -26,6 +25,7 @@ use super::report::{Outcome, RunReport, StageKind, StageReport};
 use super::stage::Stage;
 use crate::drift::{DriftMonitor, DriftSpec};
 use crate::names;
+use crate::store::{Claim, RunStore, StoreStatus};
 use crate::telemetry::exemplars::{self, Series};
 
 type BindChain<In, Out> =
@@ -53,6 +53,7 @@ pub struct PipelineBuilder<In, Out> {
     execution: Execution,
     drift: Option<DriftSpec<In>>,
     retention: (usize, Duration),
+    run_store: Option<RunStore>,
     _types: PhantomData<fn(In) -> Out>,
 }
 
@@ -80,6 +81,7 @@ where
             execution: self.execution,
             drift: self.drift,
             retention: self.retention,
+            run_store: self.run_store,
             _types: PhantomData,
         }
     }
@@ -121,9 +123,21 @@ where
     /// remembered for feedback, and for how long (default
     /// [`FEEDBACK_RUNS`] for [`FEEDBACK_RETENTION`]); past either, the
     /// oldest are forgotten and their feedback is answered as unknown.
+    /// This sizes the pipeline's own memory store; with
+    /// [`PipelineBuilder::run_store`] the store's configuration decides.
     #[must_use]
     pub fn feedback_retention(mut self, runs: usize, retention: Duration) -> Self {
         self.retention = (runs.max(1), retention);
+        self
+    }
+
+    /// Keeps the runs of judged stages in `store` (shared by every pipeline
+    /// given it, keyed by pipeline and run id) instead of a memory store of
+    /// the pipeline's own: with a durable store (SQLite, Postgres) ground
+    /// truth survives restarts and reaches runs made by other replicas.
+    #[must_use]
+    pub fn run_store(mut self, store: RunStore) -> Self {
+        self.run_store = Some(store);
         self
     }
 
@@ -185,7 +199,12 @@ where
         let drift = self
             .drift
             .map(|spec| DriftMonitor::from_spec(&meter, &self.name, spec));
-        let memory = (!judged.is_empty()).then(|| Memory::new(self.retention.0, self.retention.1));
+        let (runs_kept, retention) = self.retention;
+        let run_store = match self.run_store {
+            _ if judged.is_empty() => None,
+            Some(store) => Some(store),
+            None => Some(RunStore::memory(runs_kept, retention)),
+        };
         Ok(Pipeline {
             inner: Arc::new(Inner {
                 env: Env {
@@ -200,7 +219,7 @@ where
                 drift,
                 predictions,
                 judged,
-                memory,
+                run_store,
             }),
         })
     }
@@ -233,8 +252,8 @@ struct Inner<In, Out> {
     /// Prediction drift of the parallel stages, when drift is watched.
     predictions: Option<DriftMonitor<()>>,
     judged: Vec<JudgedStage>,
-    /// Runs awaiting ground truth, when a stage is judged.
-    memory: Option<Memory>,
+    /// Where runs await ground truth, when a stage is judged.
+    run_store: Option<RunStore>,
 }
 
 /// One model of a stage, as [`Pipeline::stages`] lists it.
@@ -276,6 +295,7 @@ impl<In: Send + Sync + 'static> Pipeline<In, In> {
             execution: Execution::default(),
             drift: None,
             retention: (FEEDBACK_RUNS, FEEDBACK_RETENTION),
+            run_store: None,
             _types: PhantomData,
         }
     }
@@ -458,9 +478,14 @@ where
                 if let Some(predictions) = &inner.predictions {
                     predictions.observe(prediction_values(&stages));
                 }
-                if let Some(memory) = &inner.memory {
+                if let Some(store) = &inner.run_store {
                     if let Some(id) = super::feedback::parse_run_id(&run_id) {
-                        memory.remember(id, &inner.judged, &stages);
+                        store.record(super::feedback::record(
+                            pipeline,
+                            id,
+                            &inner.judged,
+                            &stages,
+                        ));
                     }
                 }
                 tracing::info!(
@@ -509,15 +534,15 @@ where
     /// candidate's answer in that run is judged and counted
     /// (`ml_model_feedback_total`, `ml_pipeline_feedback_total` for the
     /// served one, `ml_model_absolute_error` for values). Each stage of a run
-    /// takes its truth once.
-    pub fn feedback(
+    /// takes its truth once, even across replicas sharing a durable store.
+    pub async fn feedback(
         &self,
         run_id: &str,
         stage: Option<&str>,
         truth: Answer,
     ) -> Result<FeedbackReport, FeedbackError> {
         let inner = &*self.inner;
-        let Some(memory) = &inner.memory else {
+        let Some(store) = &inner.run_store else {
             return Err(FeedbackError::NotJudged {
                 pipeline: self.name().to_owned(),
             });
@@ -545,7 +570,36 @@ where
         if matches!(truth, Answer::Value(v) if !v.is_finite()) {
             return Err(FeedbackError::NotFinite);
         }
-        memory.judge(self.name(), run_id, &inner.judged, index, truth)
+        let unknown = || FeedbackError::UnknownRun {
+            run_id: run_id.to_owned(),
+        };
+        let id = super::feedback::parse_run_id(run_id).ok_or_else(unknown)?;
+        let claim = store
+            .claim(self.name(), id, &judged.name)
+            .await
+            .map_err(|e| FeedbackError::StoreUnavailable {
+                message: e.to_string(),
+            })?;
+        match claim {
+            Claim::Claimed(stored) => Ok(super::feedback::judge(
+                self.name(),
+                run_id,
+                judged,
+                stored,
+                truth,
+            )),
+            Claim::Unknown => Err(unknown()),
+            Claim::AlreadyClaimed => Err(FeedbackError::AlreadyJudged {
+                run_id: run_id.to_owned(),
+                stage: judged.name.clone(),
+            }),
+        }
+    }
+
+    /// The run store this pipeline keeps its judged runs in, and whether it
+    /// answers (`None` when no stage is judged).
+    pub fn run_store_status(&self) -> Option<StoreStatus> {
+        self.inner.run_store.as_ref().map(RunStore::status)
     }
 
     /// The stages judged against ground truth, in order.

@@ -56,6 +56,7 @@ async fn every_candidate_is_judged_once_and_the_served_answer_is_counted() {
     let verdict = h
         .pipeline
         .feedback(&report.run_id, None, Answer::Label("low".into()))
+        .await
         .unwrap();
     assert_eq!(verdict.selected_model.as_deref(), Some("high"));
     assert_eq!(verdict.selected_correct, Some(false));
@@ -92,7 +93,8 @@ async fn every_candidate_is_judged_once_and_the_served_answer_is_counted() {
     // Once per run and stage.
     let again = h
         .pipeline
-        .feedback(&report.run_id, Some("choose"), Answer::Label("low".into()));
+        .feedback(&report.run_id, Some("choose"), Answer::Label("low".into()))
+        .await;
     assert!(
         matches!(again, Err(FeedbackError::AlreadyJudged { .. })),
         "{again:?}"
@@ -115,7 +117,11 @@ async fn bad_feedback_is_refused_naming_what_is_wrong() {
         "G".repeat(32),
         String::new(),
     ] {
-        let e = h.pipeline.feedback(&unknown, None, label()).unwrap_err();
+        let e = h
+            .pipeline
+            .feedback(&unknown, None, label())
+            .await
+            .unwrap_err();
         assert!(
             matches!(e, FeedbackError::UnknownRun { .. }),
             "{unknown}: {e:?}"
@@ -124,26 +130,28 @@ async fn bad_feedback_is_refused_naming_what_is_wrong() {
     }
     let fresh = "0123456789abcdef0123456789abcdef";
     assert!(matches!(
-        h.pipeline.feedback(fresh, None, label()),
+        h.pipeline.feedback(fresh, None, label()).await,
         Err(FeedbackError::UnknownRun { .. })
     ));
     let e = h
         .pipeline
         .feedback(&run, None, Answer::Value(1.0))
+        .await
         .unwrap_err();
     assert_eq!(e.field(), Some("label"), "{e}");
     let e = h
         .pipeline
         .feedback(&run, Some("nope"), label())
+        .await
         .unwrap_err();
     assert_eq!(e.field(), Some("stage"), "{e}");
     // None of these used the run up: the truth is still taken.
-    assert!(h.pipeline.feedback(&run, None, label()).is_ok());
+    assert!(h.pipeline.feedback(&run, None, label()).await.is_ok());
 
     let plain = Harness::new(vec![lighting(three()).into()], Execution::Inline).unwrap();
     let run = plain.pipeline.run(Vec::new()).await.unwrap().run_id;
     assert!(matches!(
-        plain.pipeline.feedback(&run, None, label()),
+        plain.pipeline.feedback(&run, None, label()).await,
         Err(FeedbackError::NotJudged { .. })
     ));
 }
@@ -159,18 +167,21 @@ async fn two_judged_stages_need_the_stage_named() {
     let e = h
         .pipeline
         .feedback(&run, None, Answer::Label("x".into()))
+        .await
         .unwrap_err();
     assert!(matches!(e, FeedbackError::StageRequired { .. }), "{e:?}");
     assert_eq!(e.field(), Some("stage"));
     let verdict = h
         .pipeline
         .feedback(&run, Some("again"), Answer::Label("again_a".into()))
+        .await
         .unwrap();
     assert_eq!(verdict.selected_correct, Some(true));
     // The other stage still awaits its truth.
     assert!(h
         .pipeline
         .feedback(&run, Some("choose"), Answer::Label("high".into()))
+        .await
         .is_ok());
 }
 
@@ -219,14 +230,19 @@ async fn values_are_judged_within_tolerance_and_their_errors_recorded() {
     let run = pipeline.run(0.0).await.unwrap().run_id;
     let e = pipeline
         .feedback(&run, None, Answer::Value(f64::INFINITY))
+        .await
         .unwrap_err();
     assert_eq!(e.field(), Some("value"));
     let e = pipeline
         .feedback(&run, None, Answer::Label("100".into()))
+        .await
         .unwrap_err();
     assert_eq!(e.field(), Some("value"));
     // Truth 100: |103 - 100| = 3 ≤ 5% of 100; |130 - 100| = 30 is not.
-    let verdict = pipeline.feedback(&run, None, Answer::Value(100.0)).unwrap();
+    let verdict = pipeline
+        .feedback(&run, None, Answer::Value(100.0))
+        .await
+        .unwrap();
     let judged: Vec<(bool, Option<f64>)> = verdict
         .models
         .iter()
@@ -274,7 +290,7 @@ async fn runs_are_forgotten_past_retention_or_capacity() {
     let run = pipeline.run(0.0).await.unwrap().run_id;
     tokio::time::sleep(Duration::from_millis(120)).await;
     assert!(matches!(
-        pipeline.feedback(&run, None, Answer::Value(100.0)),
+        pipeline.feedback(&run, None, Answer::Value(100.0)).await,
         Err(FeedbackError::UnknownRun { .. })
     ));
 
@@ -287,10 +303,13 @@ async fn runs_are_forgotten_past_retention_or_capacity() {
         last = pipeline.run(0.0).await.unwrap().run_id;
     }
     assert!(matches!(
-        pipeline.feedback(&first, None, Answer::Value(100.0)),
+        pipeline.feedback(&first, None, Answer::Value(100.0)).await,
         Err(FeedbackError::UnknownRun { .. })
     ));
-    assert!(pipeline.feedback(&last, None, Answer::Value(100.0)).is_ok());
+    assert!(pipeline
+        .feedback(&last, None, Answer::Value(100.0))
+        .await
+        .is_ok());
 }
 
 /// Answers its input with confidence equal to the input (`eager`) or a

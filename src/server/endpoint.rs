@@ -100,7 +100,13 @@ pub(crate) trait Endpoint: Send + Sync {
     /// Decodes and validates `body`, runs the pipeline, and answers.
     fn run(&self, body: Bytes) -> BoxFuture<'_, Result<Response, ApiError>>;
     /// Records the ground truth in `body` for run `run_id`.
-    fn feedback(&self, run_id: &str, body: &[u8]) -> Result<Response, ApiError>;
+    fn feedback<'a>(
+        &'a self,
+        run_id: &'a str,
+        body: &'a [u8],
+    ) -> BoxFuture<'a, Result<Response, ApiError>>;
+    /// The run store of a judged pipeline.
+    fn run_store_status(&self) -> Option<crate::store::StoreStatus>;
 }
 
 /// The body of `POST /v1/pipelines/{name}/runs/{run_id}/feedback`: the
@@ -168,11 +174,24 @@ where
         })
     }
 
-    fn feedback(&self, run_id: &str, body: &[u8]) -> Result<Response, ApiError> {
-        let body: FeedbackBody = input::decode_json(body)?;
-        let (truth, stage) = body.truth()?;
-        let report = self.pipeline.feedback(run_id, stage.as_deref(), truth)?;
-        Ok((StatusCode::OK, Json(report)).into_response())
+    fn feedback<'a>(
+        &'a self,
+        run_id: &'a str,
+        body: &'a [u8],
+    ) -> BoxFuture<'a, Result<Response, ApiError>> {
+        Box::pin(async move {
+            let body: FeedbackBody = input::decode_json(body)?;
+            let (truth, stage) = body.truth()?;
+            let report = self
+                .pipeline
+                .feedback(run_id, stage.as_deref(), truth)
+                .await?;
+            Ok((StatusCode::OK, Json(report)).into_response())
+        })
+    }
+
+    fn run_store_status(&self) -> Option<crate::store::StoreStatus> {
+        self.pipeline.run_store_status()
     }
 }
 

@@ -101,8 +101,9 @@ pub enum ApiError {
     #[error("feedback needs the header `Authorization: Bearer <token>` with the server's feedback token")]
     Unauthorized,
     /// Ground truth that cannot be recorded: unknown or expired run (404),
-    /// a second truth for the same run (409), or a truth the judged stage
-    /// cannot use (422 naming the field).
+    /// a second truth for the same run (409), a truth the judged stage
+    /// cannot use (422 naming the field), or a run store that does not
+    /// answer (503 with `Retry-After`: the run may exist).
     #[error(transparent)]
     Feedback(#[from] FeedbackError),
 }
@@ -124,6 +125,7 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Feedback(e) => match e {
                 FeedbackError::AlreadyJudged { .. } => StatusCode::CONFLICT,
+                FeedbackError::StoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 e if e.field().is_some() => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => StatusCode::NOT_FOUND,
             },
@@ -152,6 +154,7 @@ impl ApiError {
                 FeedbackError::NotJudged { .. } => "feedback_not_taken",
                 FeedbackError::UnknownRun { .. } => "unknown_run",
                 FeedbackError::AlreadyJudged { .. } => "duplicate_feedback",
+                FeedbackError::StoreUnavailable { .. } => "store_unavailable",
                 _ => "invalid_field",
             },
         }
@@ -175,6 +178,10 @@ impl From<FieldError> for ApiError {
         }
     }
 }
+
+/// What `Retry-After` says when the run store does not answer: it
+/// notices within a second when the store is back.
+const STORE_RETRY_AFTER_S: u64 = 5;
 
 /// The trace id of the current span, when it has a valid OTel context.
 pub(crate) fn current_trace_id() -> Option<String> {
@@ -223,6 +230,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Self::Feedback(FeedbackError::StoreUnavailable { .. }) = &self {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(STORE_RETRY_AFTER_S));
         }
         if let Self::Overloaded { retry_after_s } = &self {
             response

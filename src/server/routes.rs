@@ -62,7 +62,8 @@ pub(crate) async fn create_feedback(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    endpoint.feedback(&run_id, &json_body(&headers, body)?)
+    let body = json_body(&headers, body)?;
+    endpoint.feedback(&run_id, &body).await
 }
 
 /// `POST /v1/pipelines/{name}/runs` for a name that is not served.
@@ -82,7 +83,8 @@ pub(crate) async fn unknown_pipeline(
 }
 
 /// `GET /v1/pipelines`: every served pipeline with its stages, models,
-/// versions and load state.
+/// versions and load state, and the run store of each judged one (its
+/// backend and whether it answers).
 pub(crate) async fn list_pipelines(State(state): State<AppState>) -> Json<serde_json::Value> {
     let pipelines: Vec<serde_json::Value> = state
         .endpoints
@@ -93,6 +95,7 @@ pub(crate) async fn list_pipelines(State(state): State<AppState>) -> Json<serde_
                 "route": super::runs_route(e.name()),
                 "loaded": e.is_loaded(),
                 "stages": e.stages(),
+                "run_store": e.run_store_status(),
             })
         })
         .collect();

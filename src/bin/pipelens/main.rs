@@ -13,6 +13,7 @@
 
 mod batch;
 mod demo;
+mod run_store;
 mod slo;
 
 use std::net::SocketAddr;
@@ -110,6 +111,11 @@ enum Command {
         /// `models/sentiment`.
         #[arg(long, env = "PIPELENS_SENTIMENT_MODEL_DIR")]
         sentiment_model_dir: Option<PathBuf>,
+        /// Where the service keeps its state (created if missing): the run
+        /// store's SQLite file `pipelens.db`, unless PIPELENS_RUN_STORE
+        /// names another store (memory, sqlite:PATH, postgres://...).
+        #[arg(long, env = "PIPELENS_DATA_DIR", default_value = "data")]
+        data_dir: PathBuf,
     },
     /// Build a drift reference profile from a sample of rooms.
     Profile {
@@ -267,6 +273,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             drift_reference_dir,
             sentiment_model_server,
             sentiment_model_dir,
+            data_dir,
         } => {
             let defaults = Concurrency::default();
             let concurrency = Concurrency {
@@ -284,6 +291,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     server: sentiment_model_server,
                     dir: sentiment_model_dir,
                 },
+                data_dir,
             )
             .await
         }
@@ -442,9 +450,12 @@ async fn serve(
     drift_reference: Option<PathBuf>,
     drift_reference_dir: Option<PathBuf>,
     models: SentimentModels,
+    data_dir: PathBuf,
 ) -> anyhow::Result<()> {
     let config = TelemetryConfig::from_env()?;
     let telemetry = telemetry::init(&config).context("cannot initialise telemetry")?;
+    let run_store = run_store::open(&data_dir, &telemetry.meter()).await?;
+    let run_store_status = run_store.status();
     let faults = Arc::new(Faults::from_env()?);
     faults.watch(Duration::from_secs(1));
     // Read once, here, so a broken file stops start-up naming the flag; a
@@ -493,14 +504,12 @@ async fn serve(
         ),
     };
     let onnx_model = models.dir.join("model.onnx").display().to_string();
-    let reviews = match sentiment_dir {
-        Some(dir) => sentiment::pipeline_with_drift(
-            telemetry.meter(),
-            models,
-            sentiment::drift_spec().references_in(dir),
-        )?,
-        None => sentiment::pipeline(telemetry.meter(), models)?,
+    let drift = match sentiment_dir {
+        Some(dir) => sentiment::drift_spec().references_in(dir),
+        None => sentiment::drift_spec(),
     };
+    let reviews =
+        sentiment::pipeline_with_store(telemetry.meter(), models, drift, Some(run_store))?;
     let mut builder = Server::builder()
         .telemetry(&telemetry)
         .pipeline(planner::served(pipeline))
@@ -527,6 +536,9 @@ async fn serve(
         faults = ?faults.snapshot(),
         sentiment.remote_logistic = %remote_logistic,
         sentiment.onnx_model = %onnx_model,
+        run_store.backend = run_store_status.backend,
+        run_store.target = %run_store_status.target,
+        run_store.retention_s = run_store_status.retention_s,
         "pipelens starting"
     );
     server::run(server, addr, telemetry)

@@ -112,6 +112,9 @@ impl From<SocketAddr> for Models {
     }
 }
 
+// The service builds it with its run store; the example and the tests
+// without.
+#[allow(dead_code)]
 /// Builds the pipeline, recording into `meter`, with the remote candidate
 /// and the model files of `models` (a scoring endpoint's address will do).
 pub fn pipeline(
@@ -132,12 +135,25 @@ pub fn drift_spec() -> DriftSpec<Request> {
     )
 }
 
+#[allow(dead_code)]
 /// Like [`pipeline`], watching drift as `drift` says (its references kept
 /// in a directory, say).
 pub fn pipeline_with_drift(
     meter: Meter,
     models: impl Into<Models>,
     drift: DriftSpec<Request>,
+) -> Result<Pipeline<Request, Sentiment>, BuildError> {
+    pipeline_with_store(meter, models, drift, None)
+}
+
+/// Like [`pipeline_with_drift`], keeping runs for their ground truth in
+/// `store` (a memory store of its own when `None`): the service's run
+/// store.
+pub fn pipeline_with_store(
+    meter: Meter,
+    models: impl Into<Models>,
+    drift: DriftSpec<Request>,
+    store: Option<pipelens::store::RunStore>,
 ) -> Result<Pipeline<Request, Sentiment>, BuildError> {
     let models = models.into();
     let stage = Stage::parallel("classify")
@@ -148,8 +164,12 @@ pub fn pipeline_with_drift(
         Remote::Scorer(addr) => stage.async_model(RemoteScorer::new(*addr)),
         Remote::ModelServer(base) => stage.async_model(reference::remote(base, &models.dir)),
     };
-    Pipeline::builder(NAME)
-        .meter(meter)
+    let builder = Pipeline::builder(NAME).meter(meter);
+    let builder = match store {
+        Some(store) => builder.run_store(store),
+        None => builder,
+    };
+    builder
         .step("tokenize", |request: &Request| {
             Ok(classify::tokenize(&request.text))
         })
