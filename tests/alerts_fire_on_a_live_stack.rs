@@ -387,7 +387,9 @@ async fn model_failures_fire_an_alert_that_reaches_alertmanager_and_resolves() {
     // Webhook receivers (Alertmanager -> here).
     let (hook_port, hooks) = webhook_receiver().await;
 
-    // The service, with an empty fault file.
+    // The service, with an empty fault file, keeping its runs in the
+    // default SQLite run store, in the temporary directory (never ./data of
+    // the checkout).
     let faults = dir.join("faults.json");
     write_faults(&faults, "{}");
     let service = format!("127.0.0.1:{}", free_port());
@@ -395,6 +397,9 @@ async fn model_failures_fire_an_alert_that_reaches_alertmanager_and_resolves() {
         "pipelens",
         Command::new(&pipelens)
             .args(["serve", "--addr", &service])
+            .env("PIPELENS_DATA_DIR", dir.join("data"))
+            .env_remove("PIPELENS_RUN_STORE")
+            .env_remove("PIPELENS_RUN_STORE_PASSWORD_FILE")
             .env("PIPELENS_FAULTS_FILE", &faults)
             .env("PIPELENS_LOG_FORMAT", "json")
             .env_remove("PIPELENS_FAULTS")

@@ -63,6 +63,12 @@ const APP_LOADGEN: &str = "deploy/kubernetes/app/loadgen.yaml";
 const APP_COLLECTOR: &str = "deploy/kubernetes/app/otel-collector.yaml";
 const BATCH_JOB: &str = "deploy/kubernetes/batch/job.yaml";
 const APP_MLSERVER: &str = "deploy/kubernetes/app/mlserver.yaml";
+const APP_POSTGRES: &str = "deploy/kubernetes/app/postgres.yaml";
+/// The variable naming the run store: compose writes its URL, the
+/// Deployment takes it from this Secret's key (the URL of a managed
+/// Postgres belongs to the cluster, not to git).
+const RUN_STORE_VAR: &str = "PIPELENS_RUN_STORE";
+const RUN_STORE_SECRET: (&str, &str) = ("pipelens-run-store", "url");
 const SERVICE_MONITORS: &str = "deploy/kubernetes/monitoring/servicemonitors.yaml";
 const DATASOURCES: &str = "deploy/kubernetes/monitoring/grafana-datasources.yaml";
 const HELM_VALUES: &str = "deploy/kubernetes/helm/kube-prometheus-stack-values.yaml";
@@ -1052,6 +1058,20 @@ fn container_env(container: &Yaml) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The Secret name and key the container's variable `name` is read from
+/// (`valueFrom.secretKeyRef`), if it is set that way and only that way.
+fn container_secret_ref<'a>(container: &'a Yaml, name: &str) -> Option<(&'a str, &'a str)> {
+    let entry = container["env"]
+        .as_sequence()?
+        .iter()
+        .find(|e| e["name"].as_str() == Some(name))?;
+    if !entry["value"].is_null() {
+        return None;
+    }
+    let secret = &entry["valueFrom"]["secretKeyRef"];
+    Some((secret["name"].as_str()?, secret["key"].as_str()?))
+}
+
 fn named_port(container: &Yaml, name: &str) -> Option<u64> {
     container["ports"]
         .as_sequence()?
@@ -1139,6 +1159,16 @@ fn the_service_runs_what_compose_runs_with_its_environment() {
     }
 
     for (name, theirs) in compose_environment(&compose) {
+        if name == RUN_STORE_VAR {
+            let from = container_secret_ref(ctr, &name);
+            if from != Some(RUN_STORE_SECRET) {
+                problems.push(format!(
+                    "{name} is not taken from the Secret {:?} key {:?} (secretKeyRef: {from:?})",
+                    RUN_STORE_SECRET.0, RUN_STORE_SECRET.1
+                ));
+            }
+            continue;
+        }
         let Some(ours) = env.get(&name) else {
             problems.push(format!("compose sets {name}, the Deployment does not"));
             continue;
@@ -1312,22 +1342,26 @@ fn the_load_generator_runs_what_compose_runs() {
 fn every_pod_is_hardened_and_bounded() {
     let mut problems = Vec::new();
     let mut deployments = 0;
+    let mut stateful_sets = 0;
     let mut jobs = 0;
     for rel in [
         APP_SERVICE,
         APP_LOADGEN,
         APP_COLLECTOR,
         APP_MLSERVER,
+        APP_POSTGRES,
         BATCH_JOB,
     ] {
-        for deployment in manifest_objects(rel)
-            .iter()
-            .filter(|o| matches!(o["kind"].as_str(), Some("Deployment" | "Job")))
-        {
-            if deployment["kind"].as_str() == Some("Job") {
-                jobs += 1;
-            } else {
-                deployments += 1;
+        for deployment in manifest_objects(rel).iter().filter(|o| {
+            matches!(
+                o["kind"].as_str(),
+                Some("Deployment" | "StatefulSet" | "Job")
+            )
+        }) {
+            match deployment["kind"].as_str() {
+                Some("Job") => jobs += 1,
+                Some("StatefulSet") => stateful_sets += 1,
+                _ => deployments += 1,
             }
             let name = deployment["metadata"]["name"].as_str().unwrap_or("?");
             let pod = pod_spec(deployment);
@@ -1385,6 +1419,16 @@ fn every_pod_is_hardened_and_bounded() {
         deployments, 4,
         "the service, the load generator, the collector and MLServer"
     );
+    // The run store's memory bound is compose's, as for the other services.
+    let postgres = manifest_objects(APP_POSTGRES);
+    let stateful_set = find(&postgres, "StatefulSet", "pipelens-postgres");
+    memory_matches(
+        "postgres",
+        &compose_service("postgres"),
+        container(stateful_set, "postgres"),
+        &mut problems,
+    );
+    assert_eq!(stateful_sets, 1, "the run store's Postgres");
     assert_eq!(jobs, 1, "the batch Job");
     assert_no_problems("pod hardening", &problems);
 }

@@ -841,7 +841,7 @@ fn check_address(
     must_be_service: bool,
 ) -> Option<String> {
     let without_scheme = addr.split_once("://").map_or(addr, |(_, r)| r);
-    let authority = without_scheme.split('/').next().unwrap_or_default();
+    let authority = without_host_user(without_scheme.split('/').next().unwrap_or_default());
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) => (h, p.parse::<u16>().ok()),
         None => (
@@ -862,6 +862,38 @@ fn check_address(
         _ => Some(format!(
             "{what}: {addr}: {host} does not listen on that port; it listens on {listening:?}"
         )),
+    }
+}
+
+/// `host[:port]` of an authority, without its `user@` or `user:password@`
+/// (`postgres://pipelens@postgres:5432/pipelens` names `postgres:5432`).
+fn without_host_user(authority: &str) -> &str {
+    authority.rsplit_once('@').map_or(authority, |(_, h)| h)
+}
+
+#[test]
+fn an_address_with_a_user_is_checked_against_its_host() {
+    let ports: BTreeMap<String, BTreeMap<u16, String>> = [(
+        "postgres".to_owned(),
+        [(5432, "5432".to_owned())].into_iter().collect(),
+    )]
+    .into_iter()
+    .collect();
+    for ok in [
+        "postgres://pipelens@postgres:5432/pipelens",
+        "postgres://pipelens:secret@postgres:5432/pipelens",
+        "postgres:5432",
+    ] {
+        assert_eq!(check_address(&ports, "t", ok, true), None, "{ok}");
+    }
+    for wrong in [
+        "postgres://pipelens@postgres:5433/pipelens",
+        "postgres://pipelens:secret@postgres:5433/pipelens",
+    ] {
+        assert!(
+            check_address(&ports, "t", wrong, false).is_some(),
+            "{wrong} names a port postgres does not listen on"
+        );
     }
 }
 
@@ -945,7 +977,7 @@ fn every_target_and_url_names_a_compose_service_on_a_port_it_listens_on() {
             let Some(rest) = arg.split_once("://").map(|(_, r)| r) else {
                 continue;
             };
-            let authority = rest.split('/').next().unwrap_or_default();
+            let authority = without_host_user(rest.split('/').next().unwrap_or_default());
             let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "80"));
             if host == "127.0.0.1" || host == "localhost" {
                 let port: u16 = port.parse().unwrap_or(0);

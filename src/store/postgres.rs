@@ -76,7 +76,7 @@ impl Postgres {
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .min_connections(1)
-            .acquire_timeout(Duration::from_secs(3))
+            .acquire_timeout(Duration::from_secs(2))
             .connect_with(options)
             .await
             .map_err(|e| open_error(sql::scrub(&e.to_string(), password.as_deref())))?;

@@ -282,12 +282,14 @@ impl RunStore {
     }
 
     /// Waits (at most 2 s) until the runs this process queued so far are
-    /// written.
+    /// written (not at all while the store is down).
     pub async fn flush(&self) {
         let Some(queue) = &self.shared.queue else {
             return;
         };
-        if self.shared.worker.pending.load(Ordering::Acquire) == 0 {
+        let worker = &self.shared.worker;
+        // Nothing queued, or a store that is down: nothing to wait for.
+        if worker.pending.load(Ordering::Acquire) == 0 || !worker.up.load(Ordering::Relaxed) {
             return;
         }
         let (tx, rx) = oneshot::channel();

@@ -12,6 +12,7 @@ use hyper_util::rt::TokioExecutor;
 use opentelemetry::metrics::Meter;
 use pipelens::faults::Faults;
 use pipelens::server::{self, Server};
+use pipelens::store::{RunStore, StoreConfig};
 
 use crate::demo::{planner, sentiment};
 
@@ -130,9 +131,11 @@ pub const MIX_ROOMS: usize = 6;
 
 /// Serves the two pipelines `pipelens serve` serves, the ceiling planner
 /// with one light candidate always failing (so the error series exist) and
-/// the sentiment classifier; plans `MIX_ROOMS` rooms of different shapes and
-/// one bad request, classifies one review and sends its ground truth, and
-/// returns the /metrics reply.
+/// the sentiment classifier keeping its judged runs in a run store opened
+/// on the same meter, as the binary does (a memory one here, so the
+/// `pipelens_run_store_*` series exist); plans `MIX_ROOMS` rooms of
+/// different shapes and one bad request, classifies one review and sends
+/// its ground truth, and returns the /metrics reply.
 pub async fn metrics_after_a_mix() -> Reply {
     let (registry, provider) = pipelens::telemetry::metrics_provider(
         opentelemetry_sdk::Resource::builder()
@@ -145,7 +148,12 @@ pub async fn metrics_after_a_mix() -> Reply {
         Arc::new(Faults::new(Some(r#"{"light_dense": {"error_rate": 1.0}}"#), None).unwrap());
     let ceiling = planner::pipeline(Some(meter.clone()), &faults, 3).unwrap();
     let scorer = sentiment::start_scorer().await.unwrap();
-    let reviews = sentiment::pipeline(meter.clone(), scorer).unwrap();
+    let store = RunStore::open(&StoreConfig::memory(), Some(&meter))
+        .await
+        .unwrap();
+    let reviews =
+        sentiment::pipeline_with_store(meter.clone(), scorer, sentiment::drift_spec(), Some(store))
+            .unwrap();
     let addr = serve(
         Server::builder()
             .meter(meter)

@@ -509,7 +509,7 @@ async fn serve(
         None => sentiment::drift_spec(),
     };
     let reviews =
-        sentiment::pipeline_with_store(telemetry.meter(), models, drift, Some(run_store))?;
+        sentiment::pipeline_with_store(telemetry.meter(), models, drift, Some(run_store.clone()))?;
     let mut builder = Server::builder()
         .telemetry(&telemetry)
         .pipeline(planner::served(pipeline))
@@ -541,9 +541,10 @@ async fn serve(
         run_store.retention_s = run_store_status.retention_s,
         "pipelens starting"
     );
-    server::run(server, addr, telemetry)
-        .await
-        .with_context(|| format!("cannot serve on --addr {addr}"))
+    let served = server::run(server, addr, telemetry).await;
+    // The last runs' batch, before the process goes.
+    run_store.flush().await;
+    served.with_context(|| format!("cannot serve on --addr {addr}"))
 }
 
 /// Creates `--drift-reference-dir` if missing and reads each served
