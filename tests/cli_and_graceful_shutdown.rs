@@ -175,6 +175,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_cleanly() {
     let addr = free_port();
     let mut child = Command::new(BIN)
         .args(["serve", "--addr", &addr.to_string()])
+        .env("PIPELENS_RUN_STORE", "memory")
         .env("PIPELENS_FAULTS_FILE", &faults)
         .env("PIPELENS_LOG_FORMAT", "json")
         .env_remove("RUST_LOG")
@@ -274,6 +275,7 @@ async fn serve_slow(
     let addr = free_port();
     let child = Command::new(BIN)
         .args(["serve", "--addr", &addr.to_string()])
+        .env("PIPELENS_RUN_STORE", "memory")
         .args(args)
         .env("PIPELENS_FAULTS_FILE", &faults)
         .envs(env.iter().copied())

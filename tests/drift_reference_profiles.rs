@@ -105,6 +105,7 @@ fn a_profiled_reference_is_compared_with_live_traffic_from_the_first_run() {
     let addr = free_port();
     let mut child = Command::new(BIN)
         .args(["serve", "--addr", &addr.to_string()])
+        .env("PIPELENS_RUN_STORE", "memory")
         .args(["--drift-reference", reference.to_str().unwrap()])
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
@@ -168,6 +169,7 @@ fn a_broken_profile_stops_start_up_naming_the_flag() {
     .unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--addr", "127.0.0.1:0"])
+        .env("PIPELENS_RUN_STORE", "memory")
         .args(["--drift-reference", reference.to_str().unwrap()])
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())

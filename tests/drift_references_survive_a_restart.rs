@@ -228,6 +228,7 @@ fn profile_writes_any_pipelines_features_into_the_directory_and_bad_files_are_na
     ] {
         let out = std::process::Command::new(BIN)
             .args(["serve", "--addr", "127.0.0.1:0"])
+            .env("PIPELENS_RUN_STORE", "memory")
             .args(&args)
             .env_remove("PIPELENS_DRIFT_REFERENCE")
             .env_remove("PIPELENS_DRIFT_REFERENCE_DIR")

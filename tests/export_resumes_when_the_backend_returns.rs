@@ -51,6 +51,7 @@ async fn spans_and_logs_flow_again_once_the_collector_is_back() {
     let (addr, collector) = (free(), free());
     let mut child = Command::new(BIN)
         .args(["serve", "--addr", &addr.to_string()])
+        .env("PIPELENS_RUN_STORE", "memory")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
         .env("OTEL_BSP_SCHEDULE_DELAY", "200")

@@ -103,15 +103,38 @@ impl<In> DriftMonitor<In> {
             warn_about_kinds(profile, &spec.features, &category_names);
         }
         let window = match &stored {
-            Some(profile) => DriftWindow::from_profile(spec.features, profile, spec.window_size),
-            None => DriftWindow::new(spec.features, spec.reference_size, spec.window_size),
+            Some(profile) => {
+                DriftWindow::from_profile(spec.features.clone(), profile, spec.window_size)
+            }
+            None => DriftWindow::new(spec.features.clone(), spec.reference_size, spec.window_size),
         }
         .categorical(&category_names);
+        let (features, window_size) = (spec.features, spec.window_size);
+        let adopt = move |profile: &Profile| {
+            warn_about_kinds(profile, &features, &category_names);
+            DriftWindow::from_profile(features.clone(), profile, window_size)
+                .categorical(&category_names)
+        };
         let (samples, queue) = std::sync::mpsc::sync_channel(SAMPLE_QUEUE);
         let every = spec.publish_every.max(Duration::from_millis(1));
         std::thread::Builder::new()
             .name("pipelens-drift".into())
-            .spawn(move || fold(window, &queue, every, &gauge, &labels, persist))
+            .spawn(move || {
+                let mut window = window;
+                let mut persist = persist;
+                // References in a run store are read here, off the async
+                // runtime: until they arrive, samples wait in the queue.
+                if let Some(Persist::Store(file, part)) = &persist {
+                    if file.is_shared() {
+                        if let Some(profile) = file.fetch(*part) {
+                            tracing::info!(path = %file.path().display(), "drift reference read from the run store");
+                            window = adopt(&profile);
+                            persist = None;
+                        }
+                    }
+                }
+                fold(window, &queue, every, &gauge, &labels, persist, &adopt)
+            })
             .expect("spawn the drift thread");
         Self {
             extract: spec.extract,
@@ -224,10 +247,15 @@ enum Persist {
 }
 
 impl Persist {
-    fn save(&self, profile: Profile) -> std::io::Result<()> {
+    /// Saves `profile`; returns the reference to use instead when another
+    /// replica saved one first.
+    fn save(&self, profile: Profile) -> Result<Option<Profile>, String> {
         match self {
-            Self::File(path) => profile.write(path),
-            Self::Store(file, part) => file.save(*part, profile),
+            Self::File(path) => profile
+                .write(path)
+                .map(|()| None)
+                .map_err(|e| e.to_string()),
+            Self::Store(file, part) => file.save_part(*part, profile),
         }
     }
 
@@ -267,6 +295,7 @@ fn fold(
     gauge: &Gauge<f64>,
     labels: &[Vec<KeyValue>],
     mut persist: Option<Persist>,
+    adopt: &dyn Fn(&Profile) -> DriftWindow,
 ) {
     use std::sync::mpsc::TryRecvError;
     let publish = |window: &DriftWindow| {
@@ -289,7 +318,9 @@ fn fold(
                     window.record_with(&values, &categories);
                     if !had && window.has_reference() {
                         if let (Some(to), Some(profile)) = (persist.take(), window.profile()) {
-                            save(&to, profile);
+                            if let Some(earlier) = save(&to, profile) {
+                                window = adopt(&earlier);
+                            }
                         }
                     }
                 }
@@ -313,13 +344,21 @@ fn fold(
 }
 
 /// Saves the learned reference `profile` where `to` says, saying how it
-/// went.
-fn save(to: &Persist, profile: Profile) {
+/// went; returns another replica's reference, saved first, to use instead.
+fn save(to: &Persist, profile: Profile) -> Option<Profile> {
     let path = to.path().display();
     match to.save(profile) {
-        Ok(()) => tracing::info!(path = %path, "drift reference learned and saved"),
+        Ok(None) => {
+            tracing::info!(path = %path, "drift reference learned and saved");
+            None
+        }
+        Ok(Some(earlier)) => {
+            tracing::info!(path = %path, "drift reference learned, but another replica saved one first: using it");
+            Some(earlier)
+        }
         Err(e) => {
-            tracing::warn!(path = %path, error.message = %e, "cannot save the drift reference")
+            tracing::warn!(path = %path, error.message = %e, "cannot save the drift reference");
+            None
         }
     }
 }

@@ -170,6 +170,35 @@ impl<In> DriftSpec<In> {
         pipeline: &str,
     ) -> Option<(std::sync::Arc<super::ReferenceFile>, Option<Profile>)> {
         let dir = self.reference_dir.as_ref()?;
+        self.open_file(dir.clone(), pipeline)
+    }
+
+    /// Keeps the pipeline's references in a durable run store, unless a
+    /// file or directory was named for them: the drift threads read them
+    /// from it when they start and save what they learn there (an earlier
+    /// replica's reference wins). Returns them for the prediction monitor.
+    pub(crate) fn share_references(
+        &mut self,
+        store: crate::store::RunStore,
+        pipeline: &str,
+    ) -> Option<(std::sync::Arc<super::ReferenceFile>, Option<Profile>)> {
+        if let Some(dir) = self.reference_dir.clone() {
+            return self.open_file(dir, pipeline);
+        }
+        if self.persist_to.is_some() {
+            return None;
+        }
+        let shared = std::sync::Arc::new(super::ReferenceFile::in_store(store, pipeline));
+        self.store = Some(std::sync::Arc::clone(&shared));
+        Some((shared, None))
+    }
+
+    fn open_file(
+        &mut self,
+        dir: std::path::PathBuf,
+        pipeline: &str,
+    ) -> Option<(std::sync::Arc<super::ReferenceFile>, Option<Profile>)> {
+        let dir = &dir;
         let file = std::sync::Arc::new(super::ReferenceFile::new(super::PipelineReferences::path(
             dir, pipeline,
         )));

@@ -135,6 +135,10 @@ where
     /// given it, keyed by pipeline and run id) instead of a memory store of
     /// the pipeline's own: with a durable store (SQLite, Postgres) ground
     /// truth survives restarts and reaches runs made by other replicas.
+    /// A durable store also keeps the pipeline's drift references (unless
+    /// [`DriftSpec::persist_to`] or [`DriftSpec::references_in`] names a
+    /// file or directory): the first replica to learn one saves it, the
+    /// others and every restart read it, so all compare with the same.
     #[must_use]
     pub fn run_store(mut self, store: RunStore) -> Self {
         self.run_store = Some(store);
@@ -176,12 +180,15 @@ where
             .filter(|s| s.kind == StageKind::Parallel)
             .map(|s| (s.name.clone(), s.models.len()))
             .collect();
-        // With a references directory, both monitors keep their part of
-        // the pipeline's file.
-        let references = self
-            .drift
-            .as_mut()
-            .and_then(|spec| spec.open_references(&self.name));
+        // With a durable run store (unless a file or directory is named)
+        // or a references directory, both monitors keep their part there.
+        let references = match (self.drift.as_mut(), &self.run_store) {
+            (Some(spec), Some(store)) if store.is_durable() => {
+                spec.share_references(store.clone(), &self.name)
+            }
+            (Some(spec), _) => spec.open_references(&self.name),
+            (None, _) => None,
+        };
         let predictions = match &self.drift {
             Some(spec) if !parallel.is_empty() => {
                 let (store, reference) = references.map_or((None, None), |(f, r)| (Some(f), r));

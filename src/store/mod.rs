@@ -189,6 +189,32 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Checks the backend answers.
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The drift reference `part` (`features` or `predictions`) of
+    /// `pipeline` as saved (JSON), if any. A store that keeps none (the
+    /// default) says none.
+    fn load_reference<'a>(
+        &'a self,
+        pipeline: &'a str,
+        part: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        let _ = (pipeline, part);
+        Box::pin(futures_util::future::ready(Ok(None)))
+    }
+
+    /// Saves `body` as the drift reference `part` of `pipeline` unless one
+    /// is saved already (the first replica to learn it wins), and returns
+    /// the one saved now: `body`, or the earlier one. `None`: this store
+    /// keeps no references (the default).
+    fn save_reference<'a>(
+        &'a self,
+        pipeline: &'a str,
+        part: &'a str,
+        body: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        let _ = (pipeline, part, body);
+        Box::pin(futures_util::future::ready(Ok(None)))
+    }
 }
 
 /// Milliseconds since the Unix epoch (0 before it).

@@ -22,7 +22,8 @@ const NAME: &str = "postgres";
 const MIGRATION_LOCK: i64 = 0x7069_7065_6c65_6e73; // "pipelens"
 
 /// Each version's statements; `MIGRATIONS[v - 1]` takes the schema to `v`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE pipelens_runs (
     pipeline     TEXT   NOT NULL,
     run_id       TEXT   NOT NULL,
@@ -35,7 +36,17 @@ CREATE TABLE pipelens_runs (
 );
 CREATE INDEX pipelens_runs_by_time ON pipelens_runs (at_ms);
 CREATE INDEX pipelens_runs_by_pipeline_time ON pipelens_runs (pipeline, at_ms);
-"];
+",
+    "
+CREATE TABLE pipelens_drift_references (
+    pipeline    TEXT    NOT NULL,
+    part        TEXT    NOT NULL,
+    body        TEXT    NOT NULL,
+    saved_at_ms BIGINT  NOT NULL,
+    PRIMARY KEY (pipeline, part)
+);
+",
+];
 
 /// Runs in a Postgres database.
 pub struct Postgres {
@@ -279,6 +290,53 @@ impl Backend for Postgres {
                 .rows_affected();
             }
             Ok(gone)
+        })
+    }
+
+    fn load_reference<'a>(
+        &'a self,
+        pipeline: &'a str,
+        part: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(async move {
+            sqlx::query_scalar(
+                "SELECT body FROM pipelens_drift_references WHERE pipeline = $1 AND part = $2",
+            )
+            .bind(pipeline)
+            .bind(part)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.failed())
+        })
+    }
+
+    fn save_reference<'a>(
+        &'a self,
+        pipeline: &'a str,
+        part: &'a str,
+        body: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(async move {
+            let failed = self.failed();
+            sqlx::query(
+                "INSERT INTO pipelens_drift_references (pipeline, part, body, saved_at_ms) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(pipeline)
+            .bind(part)
+            .bind(body)
+            .bind(unix_ms(SystemTime::now()))
+            .execute(&self.pool)
+            .await
+            .map_err(&failed)?;
+            sqlx::query_scalar(
+                "SELECT body FROM pipelens_drift_references WHERE pipeline = $1 AND part = $2",
+            )
+            .bind(pipeline)
+            .bind(part)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(&failed)
         })
     }
 

@@ -56,6 +56,8 @@ enum Msg {
 
 struct Worker {
     backend: Arc<dyn Backend>,
+    /// Where a durable store's calls run (for callers off the runtime).
+    runtime: Option<tokio::runtime::Handle>,
     target: String,
     retention: Duration,
     max_per_pipeline: u64,
@@ -101,7 +103,7 @@ impl RunStore {
             retention,
             ..StoreConfig::memory()
         };
-        Self::assemble(backend, "memory".to_owned(), &config, None, None)
+        Self::assemble(backend, "memory".to_owned(), &config, None, None, None)
     }
 
     /// Opens the store `config` names (creating a SQLite file and its
@@ -164,12 +166,19 @@ impl RunStore {
             }
         };
         let Some(runtime) = runtime else {
-            let store = Self::assemble(backend, target, config, Some(meter), None);
+            let store = Self::assemble(backend, target, config, Some(meter), None, None);
             store.gauges(meter);
             return Ok(store);
         };
         let (tx, rx) = mpsc::channel(config.queue.max(1));
-        let store = Self::assemble(backend, target, config, Some(meter), Some(tx));
+        let store = Self::assemble(
+            backend,
+            target,
+            config,
+            Some(meter),
+            Some(tx),
+            Some(runtime.clone()),
+        );
         store.gauges(meter);
         runtime.spawn(write_loop(Arc::clone(&store.shared.worker), rx));
         runtime.spawn(maintain(
@@ -185,6 +194,7 @@ impl RunStore {
         config: &StoreConfig,
         meter: Option<&Meter>,
         queue: Option<mpsc::Sender<Msg>>,
+        runtime: Option<tokio::runtime::Handle>,
     ) -> Self {
         let counts = meter.map(|meter| {
             let counter = meter
@@ -221,6 +231,7 @@ impl RunStore {
                     dropped_warned: Mutex::new(None),
                     failed_warned: Mutex::new(None),
                     backend,
+                    runtime,
                 }),
                 queue,
             }),
@@ -331,6 +342,69 @@ impl RunStore {
             queued: w.pending.load(Ordering::Relaxed),
             retention_s: w.retention.as_secs(),
         }
+    }
+
+    /// Whether the runs outlive the process (SQLite, Postgres): then the
+    /// pipelines given this store keep their drift references in it too.
+    pub fn is_durable(&self) -> bool {
+        self.shared.worker.runtime.is_some()
+    }
+
+    /// The drift reference `part` of `pipeline`, waiting for the store (at
+    /// most 5 s). For threads off the async runtime, such as the drift
+    /// thread: never call it from async code.
+    pub(crate) fn load_reference_blocking(
+        &self,
+        pipeline: &str,
+        part: &'static str,
+    ) -> Result<Option<String>, StoreError> {
+        let pipeline = pipeline.to_owned();
+        self.blocking(move |w| {
+            Box::pin(async move { w.timed(w.backend.load_reference(&pipeline, part)).await })
+        })
+    }
+
+    /// Saves a learned drift reference unless another replica saved one
+    /// first; returns the one saved now. Blocking, like
+    /// [`RunStore::load_reference_blocking`].
+    pub(crate) fn save_reference_blocking(
+        &self,
+        pipeline: &str,
+        part: &'static str,
+        body: String,
+    ) -> Result<Option<String>, StoreError> {
+        let pipeline = pipeline.to_owned();
+        self.blocking(move |w| {
+            Box::pin(async move {
+                w.timed(w.backend.save_reference(&pipeline, part, &body))
+                    .await
+            })
+        })
+    }
+
+    /// Runs `call` on the store's runtime and waits for it from this
+    /// (non-async) thread.
+    fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(Arc<Worker>) -> futures_util::future::BoxFuture<'static, Result<T, StoreError>>
+            + Send
+            + 'static,
+    ) -> Result<T, StoreError> {
+        let worker = Arc::clone(&self.shared.worker);
+        let Some(runtime) = worker.runtime.clone() else {
+            return Err(StoreError::NoRuntime);
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        runtime.spawn(async move {
+            let _ = tx.send(call(worker).await);
+        });
+        rx.recv_timeout(CALL_TIMEOUT + Duration::from_secs(1))
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable {
+                    backend: self.shared.worker.backend.name(),
+                    message: "no answer".to_owned(),
+                })
+            })
     }
 
     /// How long a run waits for its truth.

@@ -5,8 +5,10 @@ use super::{ModelAnswer, StageRecord, StoreError};
 
 /// The newest schema this build knows. Version 1: `pipelens_runs`, one row
 /// per judged stage of a run, keyed by pipeline + run id + stage, indexed
-/// by time (overall and per pipeline).
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+/// by time (overall and per pipeline). Version 2:
+/// `pipelens_drift_references`, each pipeline's drift references, keyed by
+/// pipeline + part.
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// The answers of a stage as stored (JSON: `[{"model", "answer"}]`).
 pub(crate) fn encode_answers(answers: &[ModelAnswer]) -> String {

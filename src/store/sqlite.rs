@@ -16,7 +16,8 @@ use super::{run_id_hex, unix_ms, Backend, Claim, RunRecord, StoreError};
 const NAME: &str = "sqlite";
 
 /// Each version's statements; `MIGRATIONS[v - 1]` takes the schema to `v`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE pipelens_runs (
     pipeline     TEXT    NOT NULL,
     run_id       TEXT    NOT NULL,
@@ -29,7 +30,17 @@ CREATE TABLE pipelens_runs (
 );
 CREATE INDEX pipelens_runs_by_time ON pipelens_runs (at_ms);
 CREATE INDEX pipelens_runs_by_pipeline_time ON pipelens_runs (pipeline, at_ms);
-"];
+",
+    "
+CREATE TABLE pipelens_drift_references (
+    pipeline    TEXT    NOT NULL,
+    part        TEXT    NOT NULL,
+    body        TEXT    NOT NULL,
+    saved_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (pipeline, part)
+);
+",
+];
 
 /// Runs in a SQLite file.
 pub struct Sqlite {
@@ -245,6 +256,53 @@ impl Backend for Sqlite {
                 .rows_affected();
             }
             Ok(gone)
+        })
+    }
+
+    fn load_reference<'a>(
+        &'a self,
+        pipeline: &'a str,
+        part: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(async move {
+            sqlx::query_scalar(
+                "SELECT body FROM pipelens_drift_references WHERE pipeline = ? AND part = ?",
+            )
+            .bind(pipeline)
+            .bind(part)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(sql::unavailable(NAME, None))
+        })
+    }
+
+    fn save_reference<'a>(
+        &'a self,
+        pipeline: &'a str,
+        part: &'a str,
+        body: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(async move {
+            let failed = sql::unavailable(NAME, None);
+            sqlx::query(
+                "INSERT INTO pipelens_drift_references (pipeline, part, body, saved_at_ms) \
+                 VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(pipeline)
+            .bind(part)
+            .bind(body)
+            .bind(unix_ms(SystemTime::now()))
+            .execute(&self.pool)
+            .await
+            .map_err(&failed)?;
+            sqlx::query_scalar(
+                "SELECT body FROM pipelens_drift_references WHERE pipeline = ? AND part = ?",
+            )
+            .bind(pipeline)
+            .bind(part)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(&failed)
         })
     }
 

@@ -454,8 +454,6 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let config = TelemetryConfig::from_env()?;
     let telemetry = telemetry::init(&config).context("cannot initialise telemetry")?;
-    let run_store = run_store::open(&data_dir, &telemetry.meter()).await?;
-    let run_store_status = run_store.status();
     let faults = Arc::new(Faults::from_env()?);
     faults.watch(Duration::from_secs(1));
     // Read once, here, so a broken file stops start-up naming the flag; a
@@ -471,6 +469,17 @@ async fn serve(
             planner::References::Dir(dir)
         }
         (None, None) => planner::References::Learn,
+    };
+    // Opened once every flag is checked, so a bad flag touches no state.
+    let run_store = run_store::open(&data_dir, &telemetry.meter()).await?;
+    let run_store_status = run_store.status();
+    // A durable store keeps the drift references too, unless a flag names
+    // a file or directory for them.
+    let references = match references {
+        planner::References::Learn if run_store.is_durable() => {
+            planner::References::Store(run_store.clone())
+        }
+        other => other,
     };
     let sentiment_dir = match &references {
         planner::References::Dir(dir) => Some(dir.clone()),

@@ -52,6 +52,9 @@ pub enum References {
     /// Kept, features and predictions, in `{dir}/ceiling-layout.json`
     /// (`--drift-reference-dir DIR`).
     Dir(std::path::PathBuf),
+    /// Kept in the service's durable run store, shared by every replica
+    /// (the default when the store is SQLite or Postgres).
+    Store(pipelens::store::RunStore),
 }
 
 /// Like [`pipeline`], with the drift references `references` says.
@@ -61,14 +64,15 @@ pub fn pipeline_with_reference(
     drift_reference: usize,
     references: References,
 ) -> Result<Pipeline<Layout, Layout>, BuildError> {
-    let mut drift = drift_spec()
+    let drift = drift_spec()
         .reference_size(drift_reference)
         .window_size(drift_reference);
-    drift = match references {
-        References::Learn => drift,
-        References::Stored(profile) => drift.reference(profile),
-        References::SaveTo(path) => drift.persist_to(path),
-        References::Dir(dir) => drift.references_in(dir),
+    let (drift, store) = match references {
+        References::Learn => (drift, None),
+        References::Stored(profile) => (drift.reference(profile), None),
+        References::SaveTo(path) => (drift.persist_to(path), None),
+        References::Dir(dir) => (drift.references_in(dir), None),
+        References::Store(store) => (drift, Some(store)),
     };
     let mut builder = Pipeline::builder(PIPELINE_NAME)
         .stage(
@@ -85,6 +89,9 @@ pub fn pipeline_with_reference(
                 .timeout(MODEL_TIMEOUT),
         )
         .drift(drift);
+    if let Some(store) = store {
+        builder = builder.run_store(store);
+    }
     if let Some(meter) = meter {
         builder = builder.meter(meter);
     }
