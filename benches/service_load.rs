@@ -2,7 +2,7 @@
 //!
 //! Run: `cargo bench --bench service_load` (about 2 minutes on 2 cores).
 //! Options after `--`:
-//! - `--suite telemetry,exporters,realistic,overload,python` (default
+//! - `--suite telemetry,exporters,realistic,overload,python,store` (default
 //!   `telemetry,exporters`);
 //! - `--seconds N` measured per round (default 4, after 1 s of warm-up),
 //!   `--rounds N` (default 3), `--connections N` (default 16);
@@ -36,6 +36,11 @@
 //! - `overload`: 256 connections against a service whose air-supply model
 //!   takes 20 ms: admitted runs keep a bounded p99, the rest are refused
 //!   with 503 in milliseconds, memory stays flat.
+//! - `store`: the judged sentiment pipeline (telemetry off, so the store's
+//!   cost is not hidden) with the memory, SQLite and Postgres run stores
+//!   (a PostgreSQL 15 server the bench starts on loopback, as the tests
+//!   do), then 500 truths a second for 10 s posted to the Postgres one:
+//!   feedback latency.
 //! - `python`: the same three-candidate pipeline with fixed results served
 //!   by pipelens (`examples/fixed_three.rs`) and by the seeds' FastAPI stack
 //!   (`bench/python/app.py`), telemetry off and on.
@@ -45,8 +50,13 @@
 //! received; then the ratios the README reports and whether each goal of
 //! the performance issue was met.
 
+#[path = "service_load/feedback.rs"]
+mod feedback;
 #[path = "service_load/load.rs"]
 mod load;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../tests/support/postgres.rs"]
+mod postgres;
 #[path = "service_load/sink.rs"]
 mod sink;
 #[path = "service_load/target.rs"]
@@ -63,6 +73,13 @@ const CEILING_ROUTE: &str = "/v1/pipelines/ceiling-layout/runs";
 /// The run request of the fixed three-candidate pipeline.
 const FEATURES: &str = r#"{"features": [0.1, 0.5, 0.9, 1.3]}"#;
 const FIXED_ROUTE: &str = "/v1/pipelines/fixed/runs";
+/// The run request of the judged sentiment pipeline.
+const REVIEW: &str = r#"{"text": "a wonderful, moving film with a great cast"}"#;
+const SENTIMENT_ROUTE: &str = "/v1/pipelines/sentiment/runs";
+/// The `store` suite's variants.
+const STORE_MEMORY: &str = "sentiment, memory store";
+const STORE_SQLITE: &str = "sentiment, SQLite store";
+const STORE_POSTGRES: &str = "sentiment, Postgres store";
 /// The variant that runs `--baseline`'s binary with full OTLP export.
 const BASELINE: &str = "OTLP export, baseline";
 /// The tail-sampling variant's name, as the issue and README give it.
@@ -116,11 +133,18 @@ impl Options {
             }
         }
         for suite in &options.suites {
-            if !["telemetry", "exporters", "realistic", "overload", "python"]
-                .contains(&suite.as_str())
+            if ![
+                "telemetry",
+                "exporters",
+                "realistic",
+                "overload",
+                "python",
+                "store",
+            ]
+            .contains(&suite.as_str())
             {
                 return Err(format!(
-                    "--suite: unknown suite {suite} (telemetry, exporters, realistic, overload, python)"
+                    "--suite: unknown suite {suite} (telemetry, exporters, realistic, overload, python, store)"
                 ));
             }
         }
@@ -322,6 +346,36 @@ fn main() {
         overload.connections = Some(256);
         variants.push(overload);
     }
+    // Kept until the end: the SQLite file and the Postgres server.
+    let store_dir = tempfile::tempdir().expect("a temp dir");
+    let pg = has("store").then(postgres::Postgres::start);
+    if let Some(pg) = &pg {
+        let store = |target: String| {
+            let mut env = off();
+            env.push(("PIPELENS_RUN_STORE", target));
+            Variant {
+                name: "",
+                command: Command::Pipelens,
+                env,
+                route: SENTIMENT_ROUTE,
+                body: REVIEW,
+                connections: None,
+            }
+        };
+        let sqlite = format!("sqlite:{}", store_dir.path().join("bench.db").display());
+        variants.push(Variant {
+            name: STORE_MEMORY,
+            ..store("memory".to_owned())
+        });
+        variants.push(Variant {
+            name: STORE_SQLITE,
+            ..store(sqlite)
+        });
+        variants.push(Variant {
+            name: STORE_POSTGRES,
+            ..store(pg.url())
+        });
+    }
     if has("python") {
         for (name, command, env) in [
             ("pipelens fixed, telemetry off", Command::FixedThree, off()),
@@ -379,6 +433,63 @@ fn main() {
         }
     }
     report(&variants, &figures, &options);
+    if let Some(pg) = &pg {
+        if let Err(e) = feedback_latency(&runtime, pg) {
+            eprintln!("service_load: feedback latency: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// 500 truths a second for 10 s, posted to a service whose store is
+/// `pg`: their latency, against the goal (p99 under 5 ms).
+fn feedback_latency(
+    runtime: &tokio::runtime::Runtime,
+    pg: &postgres::Postgres,
+) -> Result<(), String> {
+    const RATE: f64 = 500.0;
+    const SECONDS: u64 = 10;
+    let addr = free_addr();
+    let env = vec![
+        ("PIPELENS_ADDR".to_owned(), addr.to_string()),
+        ("PIPELENS_RUN_STORE".to_owned(), pg.url()),
+        ("OTEL_SDK_DISABLED".to_owned(), "true".to_owned()),
+        ("RUST_LOG".to_owned(), "off".to_owned()),
+    ];
+    let command = vec![
+        env!("CARGO_BIN_EXE_pipelens").to_owned(),
+        "serve".to_owned(),
+    ];
+    let mut service = Service::start(&Launch { command, env, addr })?;
+    let wanted = (RATE as usize) * SECONDS as usize;
+    let ids = runtime.block_on(feedback::runs(addr, wanted, 8));
+    if ids.len() < wanted {
+        return Err(format!("only {} of {wanted} runs succeeded", ids.len()));
+    }
+    let mut outcome = runtime.block_on(feedback::truths(
+        addr,
+        ids,
+        RATE,
+        Duration::from_secs(SECONDS),
+    ));
+    service.terminate(Duration::from_secs(15));
+    let p50 = outcome.quantile_ms(0.50);
+    let p99 = outcome.quantile_ms(0.99);
+    println!();
+    println!(
+        "Feedback on the Postgres store, {RATE:.0}/s open loop for {SECONDS} s: {} judged, {} failed, p50 {p50:.2} ms, p99 {p99:.2} ms",
+        outcome.latencies_us.len(),
+        outcome.failures(),
+    );
+    println!(
+        "  feedback p99 under 5 ms at 500/s on Postgres: {}",
+        if p99 < 5.0 && outcome.failures() == 0 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    Ok(())
 }
 
 /// Starts the variant's service, warms it up, measures one round, stops it.
@@ -562,6 +673,23 @@ fn report(variants: &[Variant], figures: &[Figures], options: &Options) {
     }
     println!();
     let goal = |met: bool| if met { "met" } else { "MISSED" };
+    if let Some(memory) = find(STORE_MEMORY) {
+        println!(
+            "Run stores, side by side (median of {} rounds):",
+            options.rounds
+        );
+        for name in [STORE_SQLITE, STORE_POSTGRES] {
+            if let Some(f) = find(name) {
+                let ratio = f.throughput() / memory.throughput();
+                let p99 = f.p99() - memory.p99();
+                println!(
+                    "  {name}: {ratio:.2} of the memory store's runs/s, p99 {p99:+.2} ms: {} (goal >= 0.95 and <= +0.5 ms)",
+                    goal(ratio >= 0.95 && p99 <= 0.5)
+                );
+            }
+        }
+        println!();
+    }
     if let (Some(off), Some(on)) = (find("telemetry off"), find("OTLP export")) {
         let ratio = |f: &Figures| f.throughput() / off.throughput();
         println!(

@@ -72,6 +72,7 @@
 //! # }
 //! ```
 
+mod answer;
 pub mod batch;
 pub mod drift;
 pub mod faults;

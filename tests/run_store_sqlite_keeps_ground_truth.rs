@@ -189,3 +189,62 @@ async fn retention_and_the_size_bound_delete_what_is_past_them() {
     assert_eq!(backend.expire(hour_ago, 5, 1000).await.unwrap(), 0);
     assert_eq!(backend.expire(hour_ago, 2, 1000).await.unwrap(), 3);
 }
+
+#[tokio::test]
+async fn a_database_of_an_older_version_is_migrated_keeping_its_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("runs.db");
+    // A database as the first version of the schema left it, with a run.
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&file)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE pipelens_schema (version INTEGER NOT NULL);
+         INSERT INTO pipelens_schema (version) VALUES (1);
+         CREATE TABLE pipelens_runs (
+             pipeline TEXT NOT NULL, run_id TEXT NOT NULL, stage TEXT NOT NULL,
+             at_ms INTEGER NOT NULL, selected TEXT, answers TEXT NOT NULL,
+             judged_at_ms INTEGER, PRIMARY KEY (pipeline, run_id, stage));
+         CREATE INDEX pipelens_runs_by_time ON pipelens_runs (at_ms);
+         CREATE INDEX pipelens_runs_by_pipeline_time ON pipelens_runs (pipeline, at_ms);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let now_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    sqlx::query(
+        "INSERT INTO pipelens_runs (pipeline, run_id, stage, at_ms, selected, answers) \
+         VALUES ('p', ?, 's', ?, 'm', '[{\"model\":\"m\",\"answer\":\"yes\"}]')",
+    )
+    .bind(format!("{:032x}", 42u128))
+    .bind(now_ms)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let store = open(&file, StoreConfig::sqlite(&file)).await;
+    let Claim::Claimed(stage) = store.claim("p", 42, "s").await.unwrap() else {
+        panic!("the run made before the upgrade is still there")
+    };
+    assert_eq!(stage.answers[0].answer, Some(Answer::Label("yes".into())));
+    let backend = pipelens::store::sqlite::Sqlite::open(&file).await.unwrap();
+    assert_eq!(
+        backend.save_reference("p", "features", "{}").await.unwrap(),
+        Some("{}".to_owned()),
+        "version 2's references table exists"
+    );
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", file.display()))
+        .await
+        .unwrap();
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM pipelens_schema ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(versions, [1, 2]);
+}

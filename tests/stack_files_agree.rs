@@ -419,13 +419,18 @@ fn container_paths_in_configs_resolve_through_mounts() {
             }
         }
         // The learned drift references are written at run time into a
-        // read-only container: their directory must be on a named volume
-        // (or under one), or they would fail to save (and a new container
-        // would forget them).
-        match environment(p).get("PIPELENS_DRIFT_REFERENCE_DIR") {
+        // read-only container: they go to the durable run store, or to a
+        // directory on a named volume (or under one); else they would fail
+        // to save (and a new container would forget them).
+        let env = environment(p);
+        let durable_store = env
+            .get("PIPELENS_RUN_STORE")
+            .is_some_and(|s| s.starts_with("postgres://") || s.starts_with("sqlite:"));
+        match env.get("PIPELENS_DRIFT_REFERENCE_DIR") {
+            None if durable_store => {}
             None => problems.push(
-                "pipelens: PIPELENS_DRIFT_REFERENCE_DIR is unset, so the drift references are \
-                 learned again on every restart"
+                "pipelens: neither a durable PIPELENS_RUN_STORE nor PIPELENS_DRIFT_REFERENCE_DIR \
+                 is set, so the drift references are learned again on every restart"
                     .to_owned(),
             ),
             Some(file) => {

@@ -2,7 +2,7 @@
 //! is remembered per run id, in a bounded store, until the truth arrives;
 //! then every answer is judged and counted per model.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use opentelemetry::metrics::{BoundCounter, BoundHistogram};
 use opentelemetry::KeyValue;
@@ -14,10 +14,7 @@ use super::report::StageReport;
 use crate::names;
 use crate::store::{ModelAnswer, RunRecord, StageRecord};
 
-/// Default number of runs remembered for feedback, per pipeline.
-pub const FEEDBACK_RUNS: usize = 100_000;
-/// Default time a run waits for its ground truth.
-pub const FEEDBACK_RETENTION: Duration = Duration::from_secs(3600);
+pub use crate::store::{FEEDBACK_RETENTION, FEEDBACK_RUNS};
 
 /// Why ground truth was not recorded.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

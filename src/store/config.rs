@@ -5,8 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{StoreError, DURABLE_RETENTION, MAX_RUNS_PER_PIPELINE};
-use crate::pipeline::{FEEDBACK_RETENTION, FEEDBACK_RUNS};
+use super::{
+    StoreError, DURABLE_RETENTION, FEEDBACK_RETENTION, FEEDBACK_RUNS, MAX_RUNS_PER_PIPELINE,
+};
 
 /// The variable naming the store: `memory`, `sqlite:PATH` or
 /// `postgres://…`.

@@ -179,7 +179,7 @@ impl Backend for Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::Answer;
+    use crate::answer::Answer;
     use crate::store::ModelAnswer;
 
     fn run(id: u128, pipeline: &str, at: SystemTime) -> RunRecord {

@@ -40,7 +40,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::Answer;
+use crate::answer::Answer;
 
 pub use config::{
     parse_duration, redact, StoreConfig, StoreTarget, MAX_RUNS_VAR, PASSWORD_FILE_VAR,
@@ -48,6 +48,10 @@ pub use config::{
 };
 pub use recorder::{RunStore, StoreStatus};
 
+/// Default number of runs a memory store remembers for feedback.
+pub const FEEDBACK_RUNS: usize = 100_000;
+/// Default time a run waits for its ground truth in a memory store.
+pub const FEEDBACK_RETENTION: Duration = Duration::from_secs(3600);
 /// Default time a run waits for its ground truth in a durable store.
 pub const DURABLE_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Default bound on the rows (one per judged stage of a run) a durable

@@ -14,6 +14,8 @@ use super::sql::{self, SCHEMA_VERSION};
 use super::{run_id_hex, unix_ms, Backend, Claim, RunRecord, StoreError};
 
 const NAME: &str = "sqlite";
+/// Rows per `INSERT` (six parameters each, far below SQLite's limit).
+const ROWS_PER_INSERT: usize = 128;
 
 /// Each version's statements; `MIGRATIONS[v - 1]` takes the schema to `v`.
 const MIGRATIONS: &[&str] = &[
@@ -130,25 +132,32 @@ impl Backend for Sqlite {
     fn write<'a>(&'a self, runs: &'a [RunRecord]) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let failed = sql::unavailable(NAME, None);
+            let rows: Vec<(&RunRecord, &super::StageRecord)> = runs
+                .iter()
+                .flat_map(|run| run.stages.iter().map(move |stage| (run, stage)))
+                .collect();
             let mut tx = self.pool.begin().await.map_err(&failed)?;
-            for run in runs {
-                let id = run_id_hex(run.run_id);
-                let at = unix_ms(run.at);
-                for stage in &run.stages {
-                    sqlx::query(
-                        "INSERT INTO pipelens_runs (pipeline, run_id, stage, at_ms, selected, answers) \
-                         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(&run.pipeline)
-                    .bind(&id)
-                    .bind(&stage.stage)
-                    .bind(at)
-                    .bind(stage.selected.as_deref())
-                    .bind(sql::encode_answers(&stage.answers))
+            // Many rows per statement: each statement is a round trip to
+            // the connection's worker thread, which costs more than a row.
+            for chunk in rows.chunks(ROWS_PER_INSERT) {
+                let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                    "INSERT INTO pipelens_runs (pipeline, run_id, stage, at_ms, selected, answers) ",
+                );
+                insert.push_values(chunk, |mut row, (run, stage)| {
+                    row.push_bind(run.pipeline.as_str())
+                        .push_bind(run_id_hex(run.run_id))
+                        .push_bind(stage.stage.as_str())
+                        .push_bind(unix_ms(run.at))
+                        .push_bind(stage.selected.as_deref())
+                        .push_bind(sql::encode_answers(&stage.answers));
+                });
+                insert.push(" ON CONFLICT DO NOTHING");
+                insert
+                    .build()
+                    .persistent(false)
                     .execute(&mut *tx)
                     .await
                     .map_err(&failed)?;
-                }
             }
             tx.commit().await.map_err(&failed)
         })
