@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
-use support::service::{post_room, send};
+use support::service::{free_port, post_room, send, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pipelens");
 
@@ -148,21 +148,6 @@ fn bad_flags_files_and_variables_are_named() {
             );
         }
         assert!(!stderr.contains("panicked"), "{stderr}");
-    }
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-async fn wait_for(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -10,20 +10,12 @@
 mod demo;
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::{Method, StatusCode};
 use support::postgres::{Postgres, PASSWORD};
 use support::replica::Replica;
-use support::service::send;
-
-async fn eventually(what: &str, deadline: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use support::service::{send, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_ground_truth_through_postgres() {
@@ -133,7 +125,7 @@ async fn two_replicas_share_ground_truth_through_postgres() {
         .unwrap()["run_store"]["up"]
         .clone();
     assert_eq!(up, false, "{listed}");
-    eventually(
+    wait_for(
         "A to count its failed write",
         Duration::from_secs(20),
         async || {
@@ -147,7 +139,7 @@ async fn two_replicas_share_ground_truth_through_postgres() {
 
     // It comes back: new runs and their truth work again, no restart.
     pg.resume();
-    eventually(
+    wait_for(
         "a new run's truth to be taken",
         Duration::from_secs(30),
         async || {
@@ -156,7 +148,7 @@ async fn two_replicas_share_ground_truth_through_postgres() {
         },
     )
     .await;
-    eventually(
+    wait_for(
         "A to say the store is up",
         Duration::from_secs(10),
         async || a.metric("pipelens_run_store_up{").await == 1.0,

@@ -125,12 +125,10 @@ impl<In> DriftMonitor<In> {
                 // References in a run store are read here, off the async
                 // runtime: until they arrive, samples wait in the queue.
                 if let Some(Persist::Store(file, part)) = &persist {
-                    if file.is_shared() {
-                        if let Some(profile) = file.fetch(*part) {
-                            tracing::info!(path = %file.path().display(), "drift reference read from the run store");
-                            window = adopt(&profile);
-                            persist = None;
-                        }
+                    if let Some(profile) = file.fetch(*part) {
+                        tracing::info!(path = %file.place(), "drift reference read from the run store");
+                        window = adopt(&profile);
+                        persist = None;
                     }
                 }
                 fold(window, &queue, every, &gauge, &labels, persist, &adopt)
@@ -259,10 +257,10 @@ impl Persist {
         }
     }
 
-    fn path(&self) -> &std::path::Path {
+    fn place(&self) -> String {
         match self {
-            Self::File(path) => path,
-            Self::Store(file, _) => file.path(),
+            Self::File(path) => path.display().to_string(),
+            Self::Store(file, _) => file.place(),
         }
     }
 }
@@ -346,7 +344,7 @@ fn fold(
 /// Saves the learned reference `profile` where `to` says, saying how it
 /// went; returns another replica's reference, saved first, to use instead.
 fn save(to: &Persist, profile: Profile) -> Option<Profile> {
-    let path = to.path().display();
+    let path = to.place();
     match to.save(profile) {
         Ok(None) => {
             tracing::info!(path = %path, "drift reference learned and saved");

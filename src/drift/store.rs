@@ -10,14 +10,14 @@ use super::Profile;
 use crate::store::RunStore;
 
 /// A stored reference, if it is usable.
-fn parse(body: &str, from: &Path) -> Option<Profile> {
+fn parse(body: &str, from: &str) -> Option<Profile> {
     let profile = serde_json::from_str::<Profile>(body)
         .map_err(|e| e.to_string())
         .and_then(|p| p.validate().map(|()| p).map_err(|e| e.to_string()));
     match profile {
         Ok(p) => Some(p),
         Err(e) => {
-            tracing::warn!(error.message = %e, from = %from.display(), "stored drift reference unusable; learning it");
+            tracing::warn!(error.message = %e, from = from, "stored drift reference unusable; learning it");
             None
         }
     }
@@ -90,48 +90,61 @@ impl Part {
 /// part once learned, keeping the other's.
 #[derive(Debug)]
 pub(crate) struct ReferenceFile {
-    path: PathBuf,
+    backing: Backing,
     lock: Mutex<()>,
-    /// With a durable run store, the references live there instead.
-    shared: Option<(RunStore, String)>,
+}
+
+/// Where a pipeline's references live.
+#[derive(Debug)]
+enum Backing {
+    /// `{dir}/{pipeline}.json`.
+    File(PathBuf),
+    /// A durable run store, shared by every replica.
+    Store { store: RunStore, pipeline: String },
 }
 
 impl ReferenceFile {
     pub(crate) fn new(path: PathBuf) -> Self {
         Self {
-            path,
+            backing: Backing::File(path),
             lock: Mutex::new(()),
-            shared: None,
         }
     }
 
     /// The references of `pipeline` in a durable run store.
     pub(crate) fn in_store(store: RunStore, pipeline: &str) -> Self {
-        let target = store.status();
         Self {
-            path: PathBuf::from(format!("{}:{} ({pipeline})", target.backend, target.target)),
+            backing: Backing::Store {
+                store,
+                pipeline: pipeline.to_owned(),
+            },
             lock: Mutex::new(()),
-            shared: Some((store, pipeline.to_owned())),
         }
     }
 
     /// Where they are, for log lines.
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Whether they live in a run store, whose calls must be made off the
-    /// async runtime (the drift thread makes them).
-    pub(crate) fn is_shared(&self) -> bool {
-        self.shared.is_some()
+    pub(crate) fn place(&self) -> String {
+        match &self.backing {
+            Backing::File(path) => path.display().to_string(),
+            Backing::Store { store, pipeline } => {
+                let status = store.status();
+                format!(
+                    "{} run store {} ({pipeline})",
+                    status.backend, status.target
+                )
+            }
+        }
     }
 
     /// The saved `part`, read from the run store (the drift thread calls it
-    /// when it starts). `None` when nothing usable is saved.
+    /// when it starts, off the async runtime). `None` for a file (read when
+    /// the pipeline is built) and when nothing usable is saved.
     pub(crate) fn fetch(&self, part: Part) -> Option<Profile> {
-        let (store, pipeline) = self.shared.as_ref()?;
+        let Backing::Store { store, pipeline } = &self.backing else {
+            return None;
+        };
         match store.load_reference_blocking(pipeline, part.key()) {
-            Ok(Some(body)) => parse(&body, &self.path),
+            Ok(Some(body)) => parse(&body, &self.place()),
             Ok(None) => None,
             Err(e) => {
                 tracing::warn!(error.message = %e, pipeline.name = pipeline.as_str(), "cannot read the drift reference from the run store; learning it");
@@ -147,41 +160,54 @@ impl ReferenceFile {
         part: Part,
         profile: Profile,
     ) -> Result<Option<Profile>, String> {
-        let Some((store, pipeline)) = &self.shared else {
-            return self
-                .save(part, profile)
-                .map(|()| None)
-                .map_err(|e| e.to_string());
+        let (store, pipeline) = match &self.backing {
+            Backing::File(path) => {
+                return self
+                    .save(path, part, profile)
+                    .map(|()| None)
+                    .map_err(|e| e.to_string())
+            }
+            Backing::Store { store, pipeline } => (store, pipeline),
         };
         let body = serde_json::to_string(&profile).map_err(|e| e.to_string())?;
         match store.save_reference_blocking(pipeline, part.key(), body.clone()) {
-            Ok(Some(saved)) if saved != body => Ok(parse(&saved, &self.path)),
+            Ok(Some(saved)) if saved != body => Ok(parse(&saved, &self.place())),
             Ok(_) => Ok(None),
             Err(e) => Err(e.to_string()),
         }
     }
 
-    /// What the file holds; nothing if it does not exist, and nothing (with
-    /// a warning) if it cannot be used, so both references are learned
-    /// again.
+    /// What the file holds; nothing if it does not exist (or the references
+    /// live in a run store), and nothing (with a warning) if it cannot be
+    /// used, so both references are learned again.
     pub(crate) fn load(&self) -> PipelineReferences {
-        if !self.path.exists() {
-            return PipelineReferences::default();
+        match &self.backing {
+            Backing::File(path) => read_or_default(path),
+            Backing::Store { .. } => PipelineReferences::default(),
         }
-        PipelineReferences::read(&self.path).unwrap_or_else(|e| {
-            tracing::warn!(error.message = %e, "drift references unreadable; learning them again");
-            PipelineReferences::default()
-        })
     }
 
-    /// Saves `profile` as `part`, keeping the other part as the file has it.
-    pub(crate) fn save(&self, part: Part, profile: Profile) -> std::io::Result<()> {
+    /// Saves `profile` as `part` in the file at `path`, keeping the other
+    /// part as the file has it.
+    fn save(&self, path: &Path, part: Part, profile: Profile) -> std::io::Result<()> {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut references = self.load();
+        let mut references = read_or_default(path);
         match part {
             Part::Features => references.features = Some(profile),
             Part::Predictions => references.predictions = Some(profile),
         }
-        references.write(&self.path)
+        references.write(path)
     }
+}
+
+/// What the file at `path` holds; nothing if it does not exist, and
+/// nothing (with a warning) if it cannot be used.
+fn read_or_default(path: &Path) -> PipelineReferences {
+    if !path.exists() {
+        return PipelineReferences::default();
+    }
+    PipelineReferences::read(path).unwrap_or_else(|e| {
+        tracing::warn!(error.message = %e, "drift references unreadable; learning them again");
+        PipelineReferences::default()
+    })
 }

@@ -226,16 +226,19 @@ fn positive(d: Duration) -> Result<Duration, String> {
 /// (`postgres://app:secret@db/x` → `postgres://app:***@db/x`); anything
 /// else as it is.
 pub fn redact(value: &str) -> String {
-    let Some((scheme, rest)) = value.split_once("://") else {
-        return value.to_owned();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return value.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+    match split_password(value) {
+        Some((scheme, user, _, host)) => format!("{scheme}://{user}:***@{host}"),
         None => value.to_owned(),
     }
+}
+
+/// The scheme, user, password and the rest of a
+/// `scheme://user:password@host…` URL; `None` without a password part.
+pub(crate) fn split_password(url: &str) -> Option<(&str, &str, &str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (userinfo, host) = rest.rsplit_once('@')?;
+    let (user, password) = userinfo.split_once(':')?;
+    Some((scheme, user, password, host))
 }
 
 #[cfg(test)]

@@ -159,14 +159,14 @@ impl Backend for Memory {
         _max_per_pipeline: u64,
         _limit: u32,
     ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let now = SystemTime::now();
+        let retention = now.duration_since(before).unwrap_or_default();
         let mut gone = 0;
         for shard in &self.shards {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            let before_len = shard.runs.len();
-            let keep = self.per_shard;
-            let retention = SystemTime::now().duration_since(before).unwrap_or_default();
-            shard.evict(SystemTime::now(), retention, keep);
-            gone += (before_len - shard.runs.len()) as u64;
+            let held = shard.runs.len();
+            shard.evict(now, retention, self.per_shard);
+            gone += (held - shard.runs.len()) as u64;
         }
         Box::pin(future::ready(Ok(gone)))
     }

@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row as _};
 
-use super::config::{redact, PASSWORD_FILE_VAR};
+use super::config::{redact, split_password, PASSWORD_FILE_VAR};
 use super::sql::{self, SCHEMA_VERSION};
 use super::{run_id_hex, unix_ms, Backend, Claim, RunRecord, StoreError};
 
@@ -70,7 +70,10 @@ impl Postgres {
             value: target.clone(),
             reason: "not a valid postgres URL".to_owned(),
         })?;
-        let mut password = url_password(url);
+        let mut password = split_password(url)
+            .map(|(_, _, password, _)| password)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned);
         if password.is_none() {
             if let Some(file) = password_file {
                 let read = std::fs::read_to_string(file).map_err(|e| StoreError::Config {
@@ -135,14 +138,6 @@ impl Postgres {
     fn failed(&self) -> impl Fn(sqlx::Error) -> StoreError + '_ {
         sql::unavailable(NAME, self.password.as_deref())
     }
-}
-
-/// The password in a `postgres://user:password@host` URL, if any.
-fn url_password(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let userinfo = rest.rsplit_once('@')?.0;
-    let password = userinfo.split_once(':')?.1;
-    (!password.is_empty()).then(|| password.to_owned())
 }
 
 impl Backend for Postgres {
@@ -317,7 +312,6 @@ impl Backend for Postgres {
         body: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
         Box::pin(async move {
-            let failed = self.failed();
             sqlx::query(
                 "INSERT INTO pipelens_drift_references (pipeline, part, body, saved_at_ms) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
@@ -328,15 +322,9 @@ impl Backend for Postgres {
             .bind(unix_ms(SystemTime::now()))
             .execute(&self.pool)
             .await
-            .map_err(&failed)?;
-            sqlx::query_scalar(
-                "SELECT body FROM pipelens_drift_references WHERE pipeline = $1 AND part = $2",
-            )
-            .bind(pipeline)
-            .bind(part)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(&failed)
+            .map_err(self.failed())?;
+            // Ours, or the one another replica saved first.
+            self.load_reference(pipeline, part).await
         })
     }
 

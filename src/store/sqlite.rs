@@ -298,7 +298,6 @@ impl Backend for Sqlite {
         body: &'a str,
     ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
         Box::pin(async move {
-            let failed = sql::unavailable(NAME, None);
             sqlx::query(
                 "INSERT INTO pipelens_drift_references (pipeline, part, body, saved_at_ms) \
                  VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -309,15 +308,9 @@ impl Backend for Sqlite {
             .bind(unix_ms(SystemTime::now()))
             .execute(&self.pool)
             .await
-            .map_err(&failed)?;
-            sqlx::query_scalar(
-                "SELECT body FROM pipelens_drift_references WHERE pipeline = ? AND part = ?",
-            )
-            .bind(pipeline)
-            .bind(part)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(&failed)
+            .map_err(sql::unavailable(NAME, None))?;
+            // Ours, or the one another replica saved first.
+            self.load_reference(pipeline, part).await
         })
     }
 

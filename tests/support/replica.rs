@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 
-use super::service::{send, try_send, Reply};
+use super::service::{free_port, send, try_send, Reply};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pipelens");
 
@@ -18,13 +18,6 @@ pub struct Replica {
     env: Vec<(String, String)>,
     child: Option<Child>,
     log: std::path::PathBuf,
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 impl Replica {

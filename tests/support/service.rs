@@ -36,6 +36,28 @@ pub async fn start(
     serve(server).await
 }
 
+/// A loopback address whose port was free a moment ago.
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Waits until `check` holds, asking every 50 ms; fails naming `what`
+/// after `deadline`.
+pub async fn wait_for(
+    what: &str,
+    deadline: std::time::Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) {
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Serves `server` on a loopback port in the background.
 pub async fn serve(server: Server) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
