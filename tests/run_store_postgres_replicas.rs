@@ -46,18 +46,11 @@ async fn two_replicas_share_ground_truth_through_postgres() {
     .await;
 
     // Both say where their runs go.
-    let listed = send(a.addr, Method::GET, "/v1/pipelines", "", &[])
-        .await
-        .json();
-    let sentiment = listed["pipelines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "sentiment")
-        .unwrap()
-        .clone();
-    assert_eq!(sentiment["run_store"]["backend"], "postgres", "{sentiment}");
-    assert_eq!(sentiment["run_store"]["up"], true, "{sentiment}");
+    for replica in [&a, &b] {
+        let store = replica.run_store().await;
+        assert_eq!(store["backend"], "postgres", "{store}");
+        assert_eq!(store["up"], true, "{store}");
+    }
 
     // A run on A, its truth on B (right away: A may not have flushed yet).
     let run = a.run("a wonderful, moving film").await;
@@ -114,17 +107,8 @@ async fn two_replicas_share_ground_truth_through_postgres() {
     );
     let ready = send(b.addr, Method::GET, "/ready", "", &[]).await;
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
-    let listed = send(b.addr, Method::GET, "/v1/pipelines", "", &[])
-        .await
-        .json();
-    let up = listed["pipelines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "sentiment")
-        .unwrap()["run_store"]["up"]
-        .clone();
-    assert_eq!(up, false, "{listed}");
+    let store = b.run_store().await;
+    assert_eq!(store["up"], false, "{store}");
     wait_for(
         "A to count its failed write",
         Duration::from_secs(20),

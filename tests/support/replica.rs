@@ -118,6 +118,18 @@ impl Replica {
         reply.json()["run_id"].as_str().unwrap().to_owned()
     }
 
+    /// The sentiment pipeline's `run_store` as `GET /v1/pipelines` lists it.
+    pub async fn run_store(&self) -> serde_json::Value {
+        let listed = send(self.addr, Method::GET, "/v1/pipelines", "", &[])
+            .await
+            .json();
+        listed["pipelines"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "sentiment"))
+            .unwrap_or_else(|| panic!("no sentiment pipeline listed: {listed}"))["run_store"]
+            .clone()
+    }
+
     /// Posts the sentiment truth `label` for run `run_id`.
     pub async fn feedback(&self, run_id: &str, label: &str) -> Reply {
         let body = serde_json::json!({ "label": label }).to_string();
