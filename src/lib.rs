@@ -89,7 +89,7 @@ pub mod telemetry;
 pub use drift::{DriftSpec, Feature};
 pub use pipeline::{
     Answer, AsyncModel, BuildError, Component, Execution, FeedbackError, FeedbackReport, Judge,
-    LoadError, Model, ModelError, ModelInfo, ModelKind, ModelReport, Outcome, Parallel, Pipeline,
-    PipelineBuilder, Prediction, RunError, RunReport, SelectionPolicy, Sequential, Stage,
-    StageInfo, StageKind, StageReport,
+    LoadError, MeasuredAccuracy, Model, ModelError, ModelInfo, ModelKind, ModelReport, Outcome,
+    Parallel, Pipeline, PipelineBuilder, Prediction, Role, RunError, RunReport, SelectionPolicy,
+    Sequential, Stage, StageInfo, StageKind, StageReport,
 };

@@ -67,6 +67,61 @@ pub const PROM_PIPELINE_FEEDBACK: &str = "ml_pipeline_feedback_total";
 /// absolute-error histogram of value judges (labels `pipeline, stage,
 /// model_name`).
 pub const MODEL_ABSOLUTE_ERROR: &str = "ml_model_absolute_error";
+/// OTel (and Prometheus) name of the info series of a parallel stage's
+/// models: 1 for the role a model has now (labels `pipeline, stage,
+/// model_name, role` = `candidate` | `shadow`), 0 for a role it left.
+pub const MODEL_ROLE: &str = "ml_model_role";
+/// OTel (and Prometheus) name of the champion gauge of a stage selected by
+/// measured accuracy: 1 for the serving candidate the policy prefers now,
+/// 0 for the others (labels `pipeline, stage, model_name`).
+pub const STAGE_CHAMPION: &str = "ml_stage_champion";
+/// OTel name of the counter of champion changes (labels `pipeline, stage`).
+pub const CHAMPION_CHANGES: &str = "ml_champion_changes";
+/// Prometheus name of [`CHAMPION_CHANGES`].
+pub const PROM_CHAMPION_CHANGES: &str = "ml_champion_changes_total";
+/// OTel (and Prometheus) name of a label-judged model's measured accuracy
+/// over its window of judged answers (labels `pipeline, stage, model_name,
+/// bound` = `estimate` | `lower` | `upper`; the bounds are Wilson's at 95%).
+pub const MODEL_MEASURED_ACCURACY: &str = "ml_model_measured_accuracy";
+/// OTel (and Prometheus) name of a value-judged model's measured mean
+/// absolute error over its window (labels as [`MODEL_MEASURED_ACCURACY`]).
+pub const MODEL_MEASURED_ERROR: &str = "ml_model_measured_error";
+/// OTel (and Prometheus) name of the number of judged answers in a model's
+/// window (labels `pipeline, stage, model_name`).
+pub const MODEL_MEASURED_ANSWERS: &str = "ml_model_measured_answers";
+/// OTel (and Prometheus) name of the gauge that is 1 while a shadow
+/// measurably beats its stage's champion: its pessimistic bound is better
+/// than the champion's optimistic one (labels `pipeline, stage,
+/// model_name`). The alert `ChallengerOutperformsChampion` reads it.
+pub const MODEL_OUTPERFORMS_CHAMPION: &str = "ml_model_outperforms_champion";
+/// OTel name of the counter of shadow executions skipped because too many
+/// were pending (labels `pipeline, stage, model_name`).
+pub const SHADOW_SKIPPED: &str = "ml_shadow_skipped";
+/// Prometheus name of [`SHADOW_SKIPPED`].
+pub const PROM_SHADOW_SKIPPED: &str = "ml_shadow_skipped_total";
+/// OTel name of the counter of shadows promoted to serving candidates
+/// (labels `pipeline, stage, model_name`).
+pub const MODEL_PROMOTIONS: &str = "ml_model_promotions";
+/// Prometheus name of [`MODEL_PROMOTIONS`].
+pub const PROM_MODEL_PROMOTIONS: &str = "ml_model_promotions_total";
+/// The series of champion and challengers as they appear on /metrics,
+/// with their labels: exported by pipelines with a judged stage (the
+/// measured series), shadows (role, skips) or
+/// [`crate::MeasuredAccuracy`] (champion).
+pub const PROM_CHAMPION_SERIES: &[(&str, &[&str])] = &[
+    (MODEL_ROLE, &[PIPELINE, STAGE, MODEL_NAME, ROLE]),
+    (STAGE_CHAMPION, &[PIPELINE, STAGE, MODEL_NAME]),
+    (PROM_CHAMPION_CHANGES, &[PIPELINE, STAGE]),
+    (
+        MODEL_MEASURED_ACCURACY,
+        &[PIPELINE, STAGE, MODEL_NAME, BOUND],
+    ),
+    (MODEL_MEASURED_ERROR, &[PIPELINE, STAGE, MODEL_NAME, BOUND]),
+    (MODEL_MEASURED_ANSWERS, &[PIPELINE, STAGE, MODEL_NAME]),
+    (MODEL_OUTPERFORMS_CHAMPION, &[PIPELINE, STAGE, MODEL_NAME]),
+    (PROM_SHADOW_SKIPPED, &[PIPELINE, STAGE, MODEL_NAME]),
+    (PROM_MODEL_PROMOTIONS, &[PIPELINE, STAGE, MODEL_NAME]),
+];
 /// OTel name of the HTTP server duration histogram (semantic conventions).
 pub const HTTP_SERVER_REQUEST_DURATION: &str = "http.server.request.duration";
 /// Prometheus name of [`HTTP_SERVER_REQUEST_DURATION`].
@@ -112,6 +167,10 @@ pub const PROM_CONTRACT: &[(&str, &[&str])] = &[
     (PROM_HTTP_SERVER_ACTIVE_REQUESTS, &["http_request_method"]),
 ];
 
+/// Label: a model's role in its parallel stage (`candidate`, `shadow`).
+pub const ROLE: &str = "role";
+/// Label: which figure of a measured window (`estimate`, `lower`, `upper`).
+pub const BOUND: &str = "bound";
 /// Label: the model's name.
 pub const MODEL_NAME: &str = "model_name";
 /// Label: the model's version.

@@ -13,6 +13,7 @@ mod support;
 use std::time::Duration;
 
 use hyper::{Method, StatusCode};
+use pipelens::store::{RunStore, StoreConfig};
 use support::postgres::{Postgres, PASSWORD};
 use support::replica::Replica;
 use support::service::{send, wait_for};
@@ -44,6 +45,12 @@ async fn two_replicas_share_ground_truth_through_postgres() {
         &[("PIPELENS_RUN_STORE", with_password.as_str())],
     )
     .await;
+
+    // A shadow's late answers join their stored run until it is judged.
+    let direct = RunStore::open(&StoreConfig::postgres(with_password.clone()), None)
+        .await
+        .unwrap();
+    support::late_answers::join_until_judged(&direct, 0xfeed).await;
 
     // Both say where their runs go.
     for replica in [&a, &b] {

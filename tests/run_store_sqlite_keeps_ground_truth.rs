@@ -248,3 +248,11 @@ async fn a_database_of_an_older_version_is_migrated_keeping_its_runs() {
             .unwrap();
     assert_eq!(versions, [1, 2]);
 }
+
+#[tokio::test]
+async fn shadow_answers_join_their_stored_run_until_it_is_judged() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("runs.db");
+    let store = open(&file, StoreConfig::sqlite(&file)).await;
+    support::late_answers::join_until_judged(&store, 0xfeed).await;
+}

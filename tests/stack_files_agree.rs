@@ -11,7 +11,8 @@
 //!   listens on>`, and every loopback healthcheck probes such a port;
 //! - every metric a rule or a Prometheus dashboard query reads is exported by
 //!   the real service after real runs (its live /metrics), recorded by a rule,
-//!   or a known Prometheus / stack-component metric;
+//!   or a known Prometheus / stack-component metric (or a
+//!   champion-and-challengers series of `pipelens::names::PROM_CHAMPION_SERIES`);
 //! - dashboards parse, their uids are unique and every data source they use
 //!   is provisioned (with the same plugin type);
 //! - the service does not wait for its telemetry backends to start;
@@ -1161,6 +1162,18 @@ const OTLP_SELF_OBSERVABILITY: &[&str] = &[
     "pipelens_traces_held",
 ];
 
+/// The champion-and-challengers series (model roles, the champion, measured
+/// accuracy and error, shadows ahead of the champion, promotions, skipped
+/// shadows): `pipelens::names::PROM_CHAMPION_SERIES`. Most exist only with
+/// shadows, a measured-accuracy selection policy, a value judge or a
+/// promotion, which the in-process mix does not all build: the library's
+/// list of them is what rules and dashboards may read.
+fn is_champion_series(name: &str) -> bool {
+    pipelens::names::PROM_CHAMPION_SERIES
+        .iter()
+        .any(|(metric, _)| *metric == name)
+}
+
 /// Prometheus' and Alertmanager's own metrics that rules and dashboards read,
 /// each with the scrape job (prometheus.yml) that collects it. A selector
 /// must name that job. `alerts_fire_on_a_live_stack` checks every
@@ -1273,6 +1286,9 @@ async fn every_metric_in_rules_and_dashboards_is_exported_or_known() {
                 continue;
             }
             if OTLP_SELF_OBSERVABILITY.contains(&name.as_str()) {
+                continue;
+            }
+            if is_champion_series(&name) {
                 continue;
             }
             if name.starts_with("prometheus_") || name.starts_with("alertmanager_") {
@@ -2439,8 +2455,9 @@ fn grafana_variables_and_github_anchors_are_handled() {
     assert_eq!(port_of("0.0.0.0:8888"), Some(8888));
 }
 
-/// Whether a series carries the `pipeline` label: a contract metric (or one
-/// of its histogram series) that has it, or a recording rule that keeps it.
+/// Whether a series carries the `pipeline` label: a contract or
+/// champion-and-challengers metric (or one of its histogram series) that has
+/// it, or a recording rule that keeps it.
 fn carries_pipeline(name: &str, recorded: &BTreeMap<String, String>) -> bool {
     let base = ["_bucket", "_count", "_sum"]
         .iter()
@@ -2448,6 +2465,7 @@ fn carries_pipeline(name: &str, recorded: &BTreeMap<String, String>) -> bool {
         .unwrap_or(name);
     pipelens::names::PROM_CONTRACT
         .iter()
+        .chain(pipelens::names::PROM_CHAMPION_SERIES)
         .any(|(metric, labels)| {
             (*metric == name || *metric == base) && labels.contains(&"pipeline")
         })

@@ -12,10 +12,11 @@ use opentelemetry::metrics::Meter;
 use tracing::Span;
 
 use super::call::{BoxFuture, Candidate};
+use super::champion::{Board, Roster};
 use super::error::BuildError;
 use super::execute::BoundModel;
 use super::execution::Env;
-use super::feedback::JudgedStage;
+use super::feedback::{JudgedStage, ShadowSink};
 use super::instruments::{Instruments, ModelInstruments};
 use super::judge::Rule;
 use super::lifecycle::ModelState;
@@ -24,10 +25,12 @@ use super::report::{ModelReport, StageKind, StageReport};
 
 /// A bound stage (or chain of stages) from `In` to `Out`. On failure it has
 /// pushed the failed stage's report and returns `None`.
+/// `sink` takes the late answers of judged shadows, when the run has any.
 pub(crate) trait StageChain<In, Out>: Send + Sync {
     fn run<'a>(
         &'a self,
         env: &'a Env,
+        sink: Option<&'a Arc<ShadowSink>>,
         input: In,
         reports: &'a mut Vec<StageReport>,
     ) -> BoxFuture<'a, Option<Out>>;
@@ -40,6 +43,7 @@ impl<T: Send + 'static> StageChain<T, T> for Start {
     fn run<'a>(
         &'a self,
         _env: &'a Env,
+        _sink: Option<&'a Arc<ShadowSink>>,
         input: T,
         _reports: &'a mut Vec<StageReport>,
     ) -> BoxFuture<'a, Option<T>> {
@@ -57,12 +61,13 @@ impl<A: Send + 'static, B: Send + 'static, C: Send + 'static> StageChain<A, C> f
     fn run<'a>(
         &'a self,
         env: &'a Env,
+        sink: Option<&'a Arc<ShadowSink>>,
         input: A,
         reports: &'a mut Vec<StageReport>,
     ) -> BoxFuture<'a, Option<C>> {
         Box::pin(async move {
-            let middle = self.first.run(env, input, reports).await?;
-            self.second.run(env, middle, reports).await
+            let middle = self.first.run(env, sink, input, reports).await?;
+            self.second.run(env, sink, middle, reports).await
         })
     }
 }
@@ -148,11 +153,14 @@ pub(crate) struct StageStates {
     pub(crate) name: String,
     pub(crate) kind: StageKind,
     pub(crate) models: Vec<Arc<ModelState>>,
+    /// A parallel stage's roles.
+    pub(crate) roster: Option<Arc<Roster>>,
 }
 
 /// Binds stage definitions to one pipeline while it is built.
 pub(crate) struct Binder {
     pub(crate) pipeline: String,
+    pub(crate) meter: Meter,
     pub(crate) instruments: Instruments,
     stages: RefCell<Vec<StageStates>>,
     judged: RefCell<Vec<JudgedStage>>,
@@ -162,6 +170,7 @@ impl Binder {
     pub(crate) fn new(pipeline: String, meter: &Meter) -> Self {
         Self {
             instruments: Instruments::new(meter),
+            meter: meter.clone(),
             pipeline,
             stages: RefCell::new(Vec::new()),
             judged: RefCell::new(Vec::new()),
@@ -181,6 +190,7 @@ impl Binder {
             name: name.to_owned(),
             kind,
             models: Vec::new(),
+            roster: None,
         });
         Ok(())
     }
@@ -238,8 +248,25 @@ impl Binder {
         })
     }
 
-    /// Judges the stage opened last (and closed) against ground truth.
-    pub(crate) fn judge_stage(&self, rule: Rule) {
+    /// The models of the stage opened last, in binding order.
+    pub(crate) fn stage_models(&self) -> Vec<Arc<ModelState>> {
+        self.stages
+            .borrow()
+            .last()
+            .map(|s| s.models.clone())
+            .unwrap_or_default()
+    }
+
+    /// Gives the stage opened last its roles.
+    pub(crate) fn set_roster(&self, roster: Arc<Roster>) {
+        if let Some(s) = self.stages.borrow_mut().last_mut() {
+            s.roster = Some(roster);
+        }
+    }
+
+    /// Judges the stage opened last (and closed) against ground truth,
+    /// measuring its models on `board`.
+    pub(crate) fn judge_stage(&self, rule: Rule, board: Arc<Board>) {
         let stages = self.stages.borrow();
         let Some(stage) = stages.last() else { return };
         let models: Vec<String> = stage.models.iter().map(|m| m.name.clone()).collect();
@@ -250,6 +277,7 @@ impl Binder {
             stages.len() - 1,
             rule,
             &models,
+            board,
         ));
     }
 

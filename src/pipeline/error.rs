@@ -40,6 +40,19 @@ pub enum BuildError {
         /// The rejected name.
         name: String,
     },
+    /// A parallel stage has shadows but no serving candidate.
+    #[error("stage `{stage}` has only shadows: it needs at least one candidate to serve")]
+    OnlyShadows {
+        /// The stage's name.
+        stage: String,
+    },
+    /// A stage selects by measured accuracy but has no judge to measure
+    /// with (see [`crate::Parallel::judge`]).
+    #[error("stage `{stage}` selects by measured accuracy but has no judge: add `.judge(..)`")]
+    MeasuredWithoutJudge {
+        /// The stage's name.
+        stage: String,
+    },
 }
 
 /// One model's failure, as named in a [`RunError`].

@@ -46,10 +46,17 @@ impl<In: Send + Sync + 'static, Out: Send + 'static> BoundModel<In, Out> {
 
     /// The `model.run` span of one execution, a child of its stage's span.
     pub(crate) fn span(&self, parent: &Span, stage: &str) -> Span {
+        self.span_as(parent, stage, None)
+    }
+
+    /// Like [`BoundModel::span`], with a `model.role` attribute when `role`
+    /// is given (`shadow` for a shadow's execution).
+    pub(crate) fn span_as(&self, parent: &Span, stage: &str, role: Option<&'static str>) -> Span {
         tracing::info_span!(
             parent: parent,
             "model.run",
             stage.name = stage,
+            model.role = role,
             model.name = self.state.name.as_str(),
             model.version = self.state.version.as_str(),
             model.kind = self.state.kind.as_str(),

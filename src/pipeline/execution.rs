@@ -29,6 +29,7 @@ pub enum Execution {
 }
 
 /// What every stage of a run shares.
+#[derive(Clone)]
 pub(crate) struct Env {
     pub(crate) pipeline: String,
     pub(crate) execution: Execution,

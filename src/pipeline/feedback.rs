@@ -2,17 +2,20 @@
 //! is remembered per run id, in a bounded store, until the truth arrives;
 //! then every answer is judged and counted per model.
 
-use std::time::SystemTime;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
 
 use opentelemetry::metrics::{BoundCounter, BoundHistogram};
 use opentelemetry::KeyValue;
 use serde::Serialize;
 
+use super::champion::Board;
 use super::instruments::Instruments;
 use super::judge::{Answer, Rule};
 use super::report::StageReport;
 use crate::names;
-use crate::store::{ModelAnswer, RunRecord, StageRecord};
+use crate::store::{LateAnswer, ModelAnswer, RunRecord, RunStore, StageRecord};
 
 pub use crate::store::{FEEDBACK_RETENTION, FEEDBACK_RUNS};
 
@@ -133,6 +136,8 @@ pub(crate) struct JudgedStage {
     pub(crate) models: Vec<JudgedModel>,
     /// `ml_pipeline_feedback_total{outcome}`: incorrect, correct.
     served: [BoundCounter<u64>; 2],
+    /// Each model's measured accuracy, and the champion.
+    board: Arc<Board>,
 }
 
 /// One candidate of a judged stage.
@@ -161,6 +166,7 @@ impl JudgedStage {
         position: usize,
         rule: Rule,
         models: &[String],
+        board: Arc<Board>,
     ) -> Self {
         let p = KeyValue::new(names::PIPELINE, pipeline.to_owned());
         let s = KeyValue::new(names::STAGE, name.to_owned());
@@ -197,6 +203,7 @@ impl JudgedStage {
             rule,
             models,
             served,
+            board,
         }
     }
 }
@@ -249,15 +256,21 @@ pub(crate) fn judge(
 ) -> FeedbackReport {
     let mut models = Vec::new();
     let mut selected_correct = None;
+    let mut verdicts = Vec::with_capacity(stored.answers.len());
     for stored_answer in stored.answers {
         let Some(answer) = stored_answer.answer else {
             continue;
         };
         // A candidate that is no longer declared (the pipeline changed
         // since the run) is reported but not counted.
-        let model = spec.models.iter().find(|m| m.name == stored_answer.model);
+        let index = spec
+            .models
+            .iter()
+            .position(|m| m.name == stored_answer.model);
         let verdict = spec.rule.verdict(&answer, &truth);
-        if let Some(model) = model {
+        if let Some(i) = index {
+            verdicts.push((i, verdict));
+            let model = &spec.models[i];
             model.counts[usize::from(verdict.correct)].add(1);
             if let (Some(h), Some(e)) = (&model.error, verdict.absolute_error) {
                 h.record(e);
@@ -274,6 +287,7 @@ pub(crate) fn judge(
             absolute_error: verdict.absolute_error,
         });
     }
+    spec.board.observe(&verdicts);
     tracing::info!(
         pipeline.name = pipeline,
         stage.name = spec.name.as_str(),
@@ -290,6 +304,168 @@ pub(crate) fn judge(
         selected_model: stored.selected,
         selected_correct,
         models,
+    }
+}
+
+/// Longest feedback waits for the shadows of its run that are still
+/// running in this process.
+const SHADOW_WAIT: Duration = Duration::from_secs(2);
+
+/// Runs whose judged shadows are still running, by run id: feedback for
+/// one of them waits for its shadows first.
+pub(crate) type Awaiting = Mutex<HashMap<u128, Arc<ShadowSink>>>;
+
+/// Where a run's judged shadows leave their answers: they answer after the
+/// stage, often after the run, so an answer that comes before the run is
+/// stored joins its record, and one that comes after is added to it.
+pub(crate) struct ShadowSink {
+    state: Mutex<SinkState>,
+    done: tokio::sync::Notify,
+}
+
+struct SinkState {
+    /// Shadows started for this run that have not finished.
+    pending: usize,
+    sink: Sink,
+    /// Where the run waits while its shadows run (once it is stored).
+    listed: Option<(Weak<Awaiting>, u128)>,
+}
+
+enum Sink {
+    /// The run has not ended: answers wait here (by stage).
+    Collecting(Vec<(String, ModelAnswer)>),
+    /// The run is stored: answers go to the store.
+    Stored {
+        store: RunStore,
+        pipeline: String,
+        run_id: u128,
+    },
+    /// The run failed or takes no feedback: answers are dropped.
+    Closed,
+}
+
+/// A started shadow's hold on its run's sink: finishing (or being dropped)
+/// lets feedback that waits for the run go on.
+pub(crate) struct ShadowTicket(Arc<ShadowSink>);
+
+impl ShadowTicket {
+    /// The shadow answered.
+    pub(crate) fn deliver(&self, stage: &str, answer: ModelAnswer) {
+        let mut state = self.0.lock();
+        match &mut state.sink {
+            Sink::Collecting(answers) => answers.push((stage.to_owned(), answer)),
+            Sink::Stored {
+                store,
+                pipeline,
+                run_id,
+            } => store.add_answer(LateAnswer {
+                pipeline: pipeline.clone(),
+                run_id: *run_id,
+                stage: stage.to_owned(),
+                answer,
+            }),
+            Sink::Closed => {}
+        }
+    }
+}
+
+impl Drop for ShadowTicket {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.pending = state.pending.saturating_sub(1);
+        if state.pending == 0 {
+            if let Some((awaiting, id)) = state.listed.take() {
+                if let Some(awaiting) = awaiting.upgrade() {
+                    awaiting
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                }
+            }
+            self.0.done.notify_waiters();
+        }
+    }
+}
+
+impl ShadowSink {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(SinkState {
+                pending: 0,
+                sink: Sink::Collecting(Vec::new()),
+                listed: None,
+            }),
+            done: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SinkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A shadow starts for this run.
+    pub(crate) fn ticket(self: &Arc<Self>) -> ShadowTicket {
+        self.lock().pending += 1;
+        ShadowTicket(Arc::clone(self))
+    }
+
+    /// Stores the run with the answers that came so far; later ones follow
+    /// it into the store, and while they run the run is listed in
+    /// `awaiting`.
+    pub(crate) fn store(
+        self: &Arc<Self>,
+        mut run: RunRecord,
+        store: &RunStore,
+        awaiting: &Arc<Awaiting>,
+    ) {
+        let mut state = self.lock();
+        if let Sink::Collecting(answers) = &mut state.sink {
+            for (stage, answer) in answers.drain(..) {
+                if let Some(s) = run.stages.iter_mut().find(|s| s.stage == stage) {
+                    s.answers.push(answer);
+                }
+            }
+        }
+        let (pipeline, run_id) = (run.pipeline.clone(), run.run_id);
+        store.record(run);
+        state.sink = Sink::Stored {
+            store: store.clone(),
+            pipeline,
+            run_id,
+        };
+        if state.pending > 0 {
+            awaiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(run_id, Arc::clone(self));
+            state.listed = Some((Arc::downgrade(awaiting), run_id));
+        }
+    }
+
+    /// The run will not be stored: drop what comes.
+    pub(crate) fn close(&self) {
+        self.lock().sink = Sink::Closed;
+    }
+
+    /// Waits (at most 2 s) until the shadows of run `run_id`, if it is
+    /// listed in `awaiting`, have answered.
+    pub(crate) async fn wait_for(awaiting: &Awaiting, run_id: u128) {
+        let sink = awaiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&run_id)
+            .cloned();
+        let Some(sink) = sink else { return };
+        let _ = tokio::time::timeout(SHADOW_WAIT, async {
+            loop {
+                let done = sink.done.notified();
+                if sink.lock().pending == 0 {
+                    return;
+                }
+                done.await;
+            }
+        })
+        .await;
     }
 }
 

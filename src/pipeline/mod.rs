@@ -3,6 +3,7 @@
 
 mod call;
 mod chain;
+mod champion;
 mod error;
 mod execute;
 mod execution;
@@ -17,6 +18,7 @@ mod runner;
 mod stage;
 
 pub use call::ModelKind;
+pub use champion::{MeasuredAccuracy, Role};
 pub use error::{BuildError, LoadError, ModelFailure, RunError};
 pub use execution::{Execution, LOW_CONFIDENCE};
 pub use feedback::{FeedbackError, FeedbackReport, Judgement, FEEDBACK_RETENTION, FEEDBACK_RUNS};
@@ -25,7 +27,7 @@ pub use model::{AsyncModel, Component, Model, ModelError, Prediction};
 pub use pace::INLINE_BELOW;
 pub use report::{ModelReport, Outcome, RunReport, StageKind, StageReport};
 pub use runner::{ModelInfo, Pipeline, PipelineBuilder, StageInfo};
-pub use stage::{Parallel, SelectionPolicy, Sequential, Stage};
+pub use stage::{Parallel, SelectionPolicy, Sequential, Stage, MAX_PENDING_SHADOWS};
 
 #[cfg(test)]
 mod tests;

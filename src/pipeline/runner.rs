@@ -13,10 +13,12 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::call::ModelKind;
 use super::chain::{check_name, Binder, StageChain, StageStates, Start, Then};
+use super::champion::Role;
 use super::error::{BuildError, LoadError, ModelFailure, RunError};
 use super::execution::{Env, Execution};
 use super::feedback::{
-    new_run_id, FeedbackError, FeedbackReport, JudgedStage, FEEDBACK_RETENTION, FEEDBACK_RUNS,
+    new_run_id, Awaiting, FeedbackError, FeedbackReport, JudgedStage, ShadowSink,
+    FEEDBACK_RETENTION, FEEDBACK_RUNS,
 };
 use super::judge::Answer;
 use super::lifecycle::ModelState;
@@ -212,6 +214,12 @@ where
             Some(store) => Some(store),
             None => Some(RunStore::memory(runs_kept, retention)),
         };
+        let judged_shadows = judged.iter().any(|j| {
+            stages[j.position]
+                .roster
+                .as_ref()
+                .is_some_and(|r| r.has_shadows())
+        });
         Ok(Pipeline {
             inner: Arc::new(Inner {
                 env: Env {
@@ -227,6 +235,8 @@ where
                 predictions,
                 judged,
                 run_store,
+                judged_shadows,
+                awaiting: Arc::default(),
             }),
         })
     }
@@ -261,6 +271,10 @@ struct Inner<In, Out> {
     judged: Vec<JudgedStage>,
     /// Where runs await ground truth, when a stage is judged.
     run_store: Option<RunStore>,
+    /// Whether a judged stage has shadows, whose answers come late.
+    judged_shadows: bool,
+    /// Stored runs whose judged shadows are still running.
+    awaiting: Arc<Awaiting>,
 }
 
 /// One model of a stage, as [`Pipeline::stages`] lists it.
@@ -272,6 +286,9 @@ pub struct ModelInfo {
     pub version: String,
     /// Sync model, async model or function step.
     pub kind: ModelKind,
+    /// In a parallel stage: whether it serves or shadows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
     /// Whether it has loaded (function steps always have).
     pub loaded: bool,
     /// Why its last load failed, while it is not loaded.
@@ -338,10 +355,12 @@ where
                 models: s
                     .models
                     .iter()
-                    .map(|m| ModelInfo {
+                    .enumerate()
+                    .map(|(i, m)| ModelInfo {
                         name: m.name.clone(),
                         version: m.version.clone(),
                         kind: m.kind,
+                        role: s.roster.as_ref().map(|r| r.role(i)),
                         loaded: m.is_loaded(),
                         load_error: m.load_error(),
                     })
@@ -476,7 +495,12 @@ where
             drift.observe_input(&input);
         }
         let mut stages = Vec::with_capacity(inner.stages.len());
-        match inner.chain.run(&inner.env, input, &mut stages).await {
+        let sink = (inner.judged_shadows && inner.run_store.is_some()).then(ShadowSink::new);
+        let output = inner
+            .chain
+            .run(&inner.env, sink.as_ref(), input, &mut stages)
+            .await;
+        match output {
             Some(output) => {
                 let duration = self.finish(started, 0, span);
                 span.record("pipeline.outcome", names::OUTCOME_SUCCESS);
@@ -485,15 +509,15 @@ where
                 if let Some(predictions) = &inner.predictions {
                     predictions.observe(prediction_values(&stages));
                 }
-                if let Some(store) = &inner.run_store {
-                    if let Some(id) = super::feedback::parse_run_id(&run_id) {
-                        store.record(super::feedback::record(
-                            pipeline,
-                            id,
-                            &inner.judged,
-                            &stages,
-                        ));
+                let id = super::feedback::parse_run_id(&run_id);
+                if let (Some(store), Some(id)) = (&inner.run_store, id) {
+                    let record = super::feedback::record(pipeline, id, &inner.judged, &stages);
+                    match &sink {
+                        Some(sink) => sink.store(record, store, &inner.awaiting),
+                        None => store.record(record),
                     }
+                } else if let Some(sink) = &sink {
+                    sink.close();
                 }
                 tracing::info!(
                     pipeline.name = pipeline,
@@ -512,6 +536,9 @@ where
                 })
             }
             None => {
+                if let Some(sink) = &sink {
+                    sink.close();
+                }
                 let stage = stages.last().map(|s| s.stage.clone()).unwrap_or_default();
                 let error = RunError::StageFailed {
                     pipeline: pipeline.to_owned(),
@@ -581,6 +608,9 @@ where
             run_id: run_id.to_owned(),
         };
         let id = super::feedback::parse_run_id(run_id).ok_or_else(unknown)?;
+        if inner.judged_shadows {
+            ShadowSink::wait_for(&inner.awaiting, id).await;
+        }
         let claim = store
             .claim(self.name(), id, &judged.name)
             .await

@@ -1,6 +1,7 @@
 //! Stages: a named group of models run in parallel (candidates that compete)
 //! or in sequence (steps whose types change from one to the next).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,12 +9,15 @@ use tracing::{field, Span};
 
 use super::call::{BoxFuture, Candidate};
 use super::chain::{Binder, LinkChain, LinkCtx, LinkThen, StageChain, Start};
+use super::champion::{highest, Board, MeasuredAccuracy, Role, Roster};
 use super::error::BuildError;
 use super::execute::{BoundModel, Ran};
 use super::execution::Env;
+use super::feedback::ShadowSink;
 use super::judge::{Judge, Read, Rule};
 use super::model::{AsyncModel, Model, ModelError, Prediction};
 use super::report::{ModelReport, Outcome, StageKind, StageReport};
+use crate::store::ModelAnswer;
 
 /// How a parallel stage picks the output it passes on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -26,7 +30,21 @@ pub enum SelectionPolicy {
     /// The first successful candidate in declaration order (a fallback chain
     /// that still runs every candidate, so their metrics stay comparable).
     FirstSuccess,
+    /// The successful candidate with the best measured accuracy against
+    /// ground truth (see [`MeasuredAccuracy`]); by confidence until every
+    /// candidate has enough judged answers. Needs a judge
+    /// ([`Parallel::judge`]).
+    MeasuredAccuracy(MeasuredAccuracy),
 }
+
+impl From<MeasuredAccuracy> for SelectionPolicy {
+    fn from(policy: MeasuredAccuracy) -> Self {
+        SelectionPolicy::MeasuredAccuracy(policy)
+    }
+}
+
+/// Default bound on a parallel stage's shadow executions running at once.
+pub const MAX_PENDING_SHADOWS: usize = 256;
 
 type BindStage<In, Out> =
     Box<dyn FnOnce(&Binder) -> Result<Box<dyn StageChain<In, Out>>, BuildError> + Send>;
@@ -56,6 +74,8 @@ where
             policy: SelectionPolicy::default(),
             timeout: None,
             judge: None,
+            promote: false,
+            max_pending: MAX_PENDING_SHADOWS,
         }
     }
 
@@ -89,10 +109,13 @@ impl<T: Send + Sync + 'static> Stage<T, T> {
 /// async side by side.
 pub struct Parallel<In, Out> {
     name: String,
-    candidates: Vec<Candidate<In, Out>>,
+    /// Every model in declaration order, with whether it is a shadow.
+    candidates: Vec<(Candidate<In, Out>, bool)>,
     policy: SelectionPolicy,
     timeout: Option<Duration>,
     judge: Option<Judge<Out>>,
+    promote: bool,
+    max_pending: usize,
 }
 
 impl<In, Out> Parallel<In, Out>
@@ -103,7 +126,7 @@ where
     /// Adds a synchronous candidate (run on the blocking pool by default).
     #[must_use]
     pub fn model(mut self, model: impl Model<In, Out>) -> Self {
-        self.candidates.push(Candidate::sync(model));
+        self.candidates.push((Candidate::sync(model), false));
         self
     }
 
@@ -111,14 +134,58 @@ where
     /// at the stage's timeout).
     #[must_use]
     pub fn async_model(mut self, model: impl AsyncModel<In, Out>) -> Self {
-        self.candidates.push(Candidate::asynchronous(model));
+        self.candidates
+            .push((Candidate::asynchronous(model), false));
+        self
+    }
+
+    /// Adds a synchronous shadow: a challenger that runs on the stage's
+    /// input after the stage has answered, off the request path. It never
+    /// delays the response and is never selected; in a judged stage its
+    /// answer is remembered with the run and judged like a candidate's. It
+    /// gets its own `model.run` span (with `model.role = "shadow"`, a child
+    /// of the stage's span, in the run's trace) and the `ml_model_*`
+    /// metrics; its errors, panics and timeouts (the stage's timeout, from
+    /// its own start) touch nothing else. At most
+    /// [`Parallel::max_pending_shadows`] run at once; past that an
+    /// execution is skipped and counted (`ml_shadow_skipped_total`).
+    #[must_use]
+    pub fn shadow(mut self, model: impl Model<In, Out>) -> Self {
+        self.candidates.push((Candidate::sync(model), true));
+        self
+    }
+
+    /// Adds an asynchronous shadow (see [`Parallel::shadow`]).
+    #[must_use]
+    pub fn shadow_async(mut self, model: impl AsyncModel<In, Out>) -> Self {
+        self.candidates.push((Candidate::asynchronous(model), true));
+        self
+    }
+
+    /// Lets a shadow that measurably beats the champion (its pessimistic
+    /// bound better than the champion's optimistic one, both measured over
+    /// their windows, see [`MeasuredAccuracy`]) become a serving candidate
+    /// by itself: counted on `ml_model_promotions_total` and logged. A
+    /// promotion is for the life of the process; nothing is ever demoted,
+    /// so the stage always keeps its candidates.
+    #[must_use]
+    pub fn promote_shadows(mut self) -> Self {
+        self.promote = true;
+        self
+    }
+
+    /// Sets how many shadow executions of this stage may run at once
+    /// (default [`MAX_PENDING_SHADOWS`]).
+    #[must_use]
+    pub fn max_pending_shadows(mut self, executions: usize) -> Self {
+        self.max_pending = executions;
         self
     }
 
     /// Sets how the stage selects its output.
     #[must_use]
-    pub fn select(mut self, policy: SelectionPolicy) -> Self {
-        self.policy = policy;
+    pub fn select(mut self, policy: impl Into<SelectionPolicy>) -> Self {
+        self.policy = policy.into();
         self
     }
 
@@ -151,26 +218,62 @@ where
         Stage {
             bind: Box::new(move |binder: &Binder| {
                 binder.begin_stage(&stage.name, StageKind::Parallel)?;
+                let shadows: Vec<bool> = stage.candidates.iter().map(|(_, s)| *s).collect();
                 let models = stage
                     .candidates
                     .into_iter()
-                    .map(|c| binder.bind(c))
+                    .map(|(c, _)| binder.bind(c).map(Arc::new))
                     .collect::<Result<Vec<_>, _>>()?;
                 binder.end_stage()?;
-                let judge = stage.judge.map(|j| {
-                    binder.judge_stage(Rule {
-                        kind: j.kind,
-                        tolerance: j.tolerance,
-                        relative_tolerance: j.relative_tolerance,
-                    });
-                    j.read
-                });
+                if shadows.iter().all(|s| *s) {
+                    return Err(BuildError::OnlyShadows { stage: stage.name });
+                }
+                let measured = match stage.policy {
+                    SelectionPolicy::MeasuredAccuracy(p) => Some(p),
+                    _ => None,
+                };
+                if measured.is_some() && stage.judge.is_none() {
+                    return Err(BuildError::MeasuredWithoutJudge { stage: stage.name });
+                }
+                let roster = Arc::new(Roster::new(
+                    &binder.meter,
+                    &binder.pipeline,
+                    &stage.name,
+                    binder.stage_models(),
+                    &shadows,
+                    stage.promote,
+                    stage.max_pending,
+                ));
+                binder.set_roster(Arc::clone(&roster));
+                let (judge, board) = match stage.judge {
+                    Some(j) => {
+                        let board = Arc::new(Board::new(
+                            &binder.meter,
+                            &binder.pipeline,
+                            j.kind,
+                            measured,
+                            Arc::clone(&roster),
+                        ));
+                        binder.judge_stage(
+                            Rule {
+                                kind: j.kind,
+                                tolerance: j.tolerance,
+                                relative_tolerance: j.relative_tolerance,
+                            },
+                            Arc::clone(&board),
+                        );
+                        (Some(j.read), Some(board))
+                    }
+                    None => (None, None),
+                };
                 Ok(Box::new(BoundParallel {
                     name: stage.name,
                     policy: stage.policy,
                     timeout: stage.timeout,
                     models,
                     judge,
+                    roster,
+                    board,
                 }) as Box<dyn StageChain<In, Out>>)
             }),
         }
@@ -299,9 +402,103 @@ struct BoundParallel<In, Out> {
     name: String,
     policy: SelectionPolicy,
     timeout: Option<Duration>,
-    models: Vec<BoundModel<In, Out>>,
+    /// Candidates and shadows, in declaration order (a shadow's execution
+    /// outlives the run, so each model is shared with it).
+    models: Vec<Arc<BoundModel<In, Out>>>,
     /// Reads a candidate's answer, in a judged stage.
     judge: Option<Read<Out>>,
+    /// Who serves and who shadows.
+    roster: Arc<Roster>,
+    /// The measurement of a judged stage.
+    board: Option<Arc<Board>>,
+}
+
+impl<In, Out> BoundParallel<In, Out>
+where
+    In: Send + Sync + 'static,
+    Out: Send + Sync + 'static,
+{
+    /// The position in `predictions` (of the `serving` models) of the one
+    /// the policy selects.
+    fn select(&self, serving: &[usize], predictions: &[Option<Prediction<Out>>]) -> Option<usize> {
+        let mut survivors = predictions
+            .iter()
+            .enumerate()
+            .filter_map(|(k, p)| p.as_ref().map(|p| (k, p.confidence)));
+        match (self.policy, &self.board) {
+            (SelectionPolicy::FirstSuccess, _) => survivors.next().map(|(k, _)| k),
+            (SelectionPolicy::MeasuredAccuracy(_), Some(board)) => {
+                let model = board.pick(survivors.map(|(k, c)| (serving[k], c)))?;
+                serving.iter().position(|&i| i == model)
+            }
+            _ => highest(survivors),
+        }
+    }
+
+    /// Starts the shadows on `input`, each in a task of its own with a
+    /// `model.run` span under the stage's `span`; a judged shadow's answer
+    /// goes to `sink`.
+    fn start_shadows(
+        &self,
+        env: &Env,
+        span: &Span,
+        input: &Arc<In>,
+        sink: Option<&Arc<ShadowSink>>,
+    ) {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        for (i, model) in self.models.iter().enumerate() {
+            if self.roster.role(i) != Role::Shadow {
+                continue;
+            }
+            let pending = &self.roster.pending;
+            let Some(runtime) = runtime
+                .as_ref()
+                .filter(|_| pending.fetch_add(1, Ordering::AcqRel) < self.roster.max_pending)
+            else {
+                if runtime.is_some() {
+                    pending.fetch_sub(1, Ordering::AcqRel);
+                }
+                self.roster.skipped(i);
+                continue;
+            };
+            let slot = PendingSlot(Arc::clone(pending));
+            let model = Arc::clone(model);
+            let span = model.span_as(span, &self.name, Some(Role::Shadow.as_str()));
+            let env = env.clone();
+            let input = Arc::clone(input);
+            let roster = Arc::clone(&self.roster);
+            let answer = self.judge.clone().zip(sink.map(|s| s.ticket()));
+            let timeout = self.timeout;
+            runtime.spawn(async move {
+                let _slot = slot;
+                let exec = model
+                    .execute(&env, &input, &span, Instant::now(), timeout)
+                    .await;
+                drop(input);
+                let ran = model.record(&roster.stage, &span, exec, timeout);
+                drop(span);
+                if let (Some((read, ticket)), Some(p)) = (&answer, ran.prediction) {
+                    ticket.deliver(
+                        &roster.stage,
+                        ModelAnswer {
+                            model: model.name().to_owned(),
+                            answer: Some(read(&p.output)),
+                        },
+                    );
+                }
+            });
+        }
+    }
+}
+
+/// A shadow execution's place among the pending ones, given back when the
+/// execution ends (or its task is dropped).
+struct PendingSlot(Arc<AtomicUsize>);
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl<In, Out> StageChain<In, Out> for BoundParallel<In, Out>
@@ -312,6 +509,7 @@ where
     fn run<'a>(
         &'a self,
         env: &'a Env,
+        sink: Option<&'a Arc<ShadowSink>>,
         input: In,
         reports: &'a mut Vec<StageReport>,
     ) -> BoxFuture<'a, Option<Out>> {
@@ -319,25 +517,25 @@ where
             let span = stage_span(env, &self.name, StageKind::Parallel);
             let started = Instant::now();
             let input = Arc::new(input);
-            let spans: Vec<Span> = self
-                .models
+            let serving: Vec<usize> = (0..self.models.len())
+                .filter(|&i| self.roster.role(i) == Role::Candidate)
+                .collect();
+            let spans: Vec<Span> = serving
                 .iter()
-                .map(|m| m.span(&span, &self.name))
+                .map(|&i| self.models[i].span(&span, &self.name))
                 .collect();
             let execs = futures_util::future::join_all(
-                self.models
+                serving
                     .iter()
                     .zip(&spans)
-                    .map(|(m, s)| m.execute(env, &input, s, started, self.timeout)),
+                    .map(|(&i, s)| self.models[i].execute(env, &input, s, started, self.timeout)),
             )
             .await;
-            drop(input);
-            let mut ran: Vec<Ran<Out>> = self
-                .models
+            let mut ran: Vec<Ran<Out>> = serving
                 .iter()
                 .zip(&spans)
                 .zip(execs)
-                .map(|((m, s), exec)| m.record(&self.name, s, exec, self.timeout))
+                .map(|((&i, s), exec)| self.models[i].record(&self.name, s, exec, self.timeout))
                 .collect();
             drop(spans);
             if let Some(read) = &self.judge {
@@ -349,8 +547,9 @@ where
             }
             let (models, mut predictions): (Vec<ModelReport>, Vec<Option<Prediction<Out>>>) =
                 ran.into_iter().map(|r| (r.report, r.prediction)).unzip();
-            let chosen = select(self.policy, &predictions)
-                .and_then(|i| predictions.swap_remove(i).map(|p| (i, p)));
+            let chosen = self
+                .select(&serving, &predictions)
+                .and_then(|k| predictions.swap_remove(k).map(|p| (serving[k], p)));
             if let Some((index, prediction)) = &chosen {
                 let model = &self.models[*index];
                 model.metrics.selected();
@@ -359,7 +558,7 @@ where
                         stage.name = self.name.as_str(),
                         model.name = model.name(),
                         model.confidence = prediction.confidence,
-                        candidates = self.models.len(),
+                        candidates = serving.len(),
                         survivors = models
                             .iter()
                             .filter(|r| r.outcome == Outcome::Success)
@@ -368,6 +567,10 @@ where
                     );
                 });
             }
+            if serving.len() < self.models.len() {
+                self.start_shadows(env, &span, &input, sink);
+            }
+            drop(input);
             let report = StageReport {
                 stage: self.name.clone(),
                 kind: StageKind::Parallel,
@@ -396,6 +599,7 @@ where
     fn run<'a>(
         &'a self,
         env: &'a Env,
+        _sink: Option<&'a Arc<ShadowSink>>,
         input: In,
         reports: &'a mut Vec<StageReport>,
     ) -> BoxFuture<'a, Option<Out>> {
@@ -421,25 +625,5 @@ where
             };
             finish_stage(&span, report, output, reports)
         })
-    }
-}
-
-/// The index of the selected candidate, if any succeeded.
-pub(crate) fn select<T>(
-    policy: SelectionPolicy,
-    predictions: &[Option<Prediction<T>>],
-) -> Option<usize> {
-    let mut survivors = predictions
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| p.as_ref().map(|p| (i, p.confidence)));
-    match policy {
-        SelectionPolicy::FirstSuccess => survivors.next().map(|(i, _)| i),
-        SelectionPolicy::HighestConfidence => survivors
-            .fold(None, |best: Option<(usize, f64)>, (i, c)| match best {
-                Some((_, b)) if b >= c => best,
-                _ => Some((i, c)),
-            })
-            .map(|(i, _)| i),
     }
 }

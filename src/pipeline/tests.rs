@@ -780,3 +780,6 @@ async fn a_batch_yields_results_in_input_order_with_bounded_concurrency() {
 
 #[path = "tests_feedback.rs"]
 mod feedback;
+
+#[path = "tests_champion.rs"]
+mod champion;

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::future::{self, BoxFuture};
 
-use super::{Backend, Claim, RunRecord, StageRecord, StoreError};
+use super::{Backend, Claim, LateAnswer, RunRecord, StageRecord, StoreError};
 
 const SHARDS: usize = 16;
 
@@ -68,6 +68,21 @@ impl Memory {
             },
         );
         shard.order.push_back(run.run_id);
+    }
+
+    /// Adds a late answer to its stored stage, unless judged already.
+    pub fn add_answer(&self, late: &LateAnswer) {
+        let mut shard = self.shard(late.run_id);
+        let Some(entry) = shard.runs.get_mut(&late.run_id) else {
+            return;
+        };
+        if entry.pipeline != late.pipeline {
+            return;
+        }
+        if let Some((record, false)) = entry.stages.iter_mut().find(|(s, _)| s.stage == late.stage)
+        {
+            record.answers.push(late.answer.clone());
+        }
     }
 
     fn take(&self, pipeline: &str, run_id: u128, stage: &str, not_before: SystemTime) -> Claim {
@@ -137,6 +152,13 @@ impl Backend for Memory {
     fn write<'a>(&'a self, runs: &'a [RunRecord]) -> BoxFuture<'a, Result<(), StoreError>> {
         for run in runs {
             self.insert(run);
+        }
+        Box::pin(future::ready(Ok(())))
+    }
+
+    fn add_answers<'a>(&'a self, late: &'a [LateAnswer]) -> BoxFuture<'a, Result<(), StoreError>> {
+        for answer in late {
+            self.add_answer(answer);
         }
         Box::pin(future::ready(Ok(())))
     }
@@ -212,6 +234,37 @@ mod tests {
         };
         assert_eq!(stage.selected.as_deref(), Some("a"));
         assert_eq!(m.take("p", 7, "classify", epoch), Claim::AlreadyClaimed);
+    }
+
+    #[test]
+    fn late_answers_join_a_stage_until_it_is_judged() {
+        let m = Memory::new(100, Duration::from_secs(60));
+        m.insert(&run(7, "p", SystemTime::now()));
+        let late = |model: &str| LateAnswer {
+            pipeline: "p".to_owned(),
+            run_id: 7,
+            stage: "classify".to_owned(),
+            answer: ModelAnswer {
+                model: model.to_owned(),
+                answer: Some(Answer::Label("y".to_owned())),
+            },
+        };
+        m.add_answer(&late("shadow"));
+        m.add_answer(&LateAnswer {
+            pipeline: "q".to_owned(),
+            ..late("other-pipeline")
+        });
+        let Claim::Claimed(stage) = m.take("p", 7, "classify", SystemTime::UNIX_EPOCH) else {
+            panic!("not claimed")
+        };
+        let models: Vec<&str> = stage.answers.iter().map(|a| a.model.as_str()).collect();
+        assert_eq!(models, ["a", "shadow"]);
+        // After the truth: nothing to add to.
+        m.add_answer(&late("too-late"));
+        assert_eq!(
+            m.take("p", 7, "classify", SystemTime::UNIX_EPOCH),
+            Claim::AlreadyClaimed
+        );
     }
 
     #[test]

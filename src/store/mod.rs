@@ -93,6 +93,20 @@ pub struct RunRecord {
     pub stages: Vec<StageRecord>,
 }
 
+/// A shadow model's answer that came after its run was stored: added to
+/// the stored stage unless its truth has arrived already.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LateAnswer {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The run id.
+    pub run_id: u128,
+    /// The judged stage.
+    pub stage: String,
+    /// The shadow and what it answered.
+    pub answer: ModelAnswer,
+}
+
 /// What claiming a stage of a run for its ground truth found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
@@ -170,6 +184,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Stores `runs` (a run already stored is left as it is).
     fn write<'a>(&'a self, runs: &'a [RunRecord]) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Adds late answers (of shadow models, which answer after their run
+    /// is stored) to their stored stages; a stage that has had its truth,
+    /// or a run that is not stored, is left as it is.
+    fn add_answers<'a>(&'a self, late: &'a [LateAnswer]) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Claims `stage` of run `run_id` of `pipeline` for its ground truth,
     /// once: runs that ended before `not_before` count as unknown.

@@ -14,7 +14,7 @@ use sqlx::{PgPool, Row as _};
 
 use super::config::{redact, split_password, PASSWORD_FILE_VAR};
 use super::sql::{self, SCHEMA_VERSION};
-use super::{run_id_hex, unix_ms, Backend, Claim, RunRecord, StoreError};
+use super::{run_id_hex, unix_ms, Backend, Claim, LateAnswer, RunRecord, StoreError};
 
 const NAME: &str = "postgres";
 /// Taken while migrating, so replicas starting together migrate one at a
@@ -176,6 +176,39 @@ impl Backend for Postgres {
             .bind(stage)
             .bind(at)
             .bind(selected)
+            .bind(answers)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(self.failed())
+        })
+    }
+
+    fn add_answers<'a>(&'a self, late: &'a [LateAnswer]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let groups = sql::group_late(late);
+            let mut pipeline = Vec::with_capacity(groups.len());
+            let mut run_id = Vec::with_capacity(groups.len());
+            let mut stage = Vec::with_capacity(groups.len());
+            let mut answers = Vec::with_capacity(groups.len());
+            for (p, r, s, a) in groups {
+                pipeline.push(p.to_owned());
+                run_id.push(r);
+                stage.push(s.to_owned());
+                answers.push(a);
+            }
+            // One statement for the batch; one row per stored stage (an
+            // UPDATE applies one joined row per target row).
+            sqlx::query(
+                "UPDATE pipelens_runs r SET answers = (r.answers::jsonb || u.late::jsonb)::text \
+                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) \
+                   AS u(pipeline, run_id, stage, late) \
+                 WHERE r.pipeline = u.pipeline AND r.run_id = u.run_id AND r.stage = u.stage \
+                 AND r.judged_at_ms IS NULL",
+            )
+            .bind(pipeline)
+            .bind(run_id)
+            .bind(stage)
             .bind(answers)
             .execute(&self.pool)
             .await

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::memory::Memory;
-use super::{Backend, Claim, RunRecord, StoreConfig, StoreError, StoreTarget};
+use super::{Backend, Claim, LateAnswer, RunRecord, StoreConfig, StoreError, StoreTarget};
 
 /// Longest a backend call may take before the store counts as down.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,6 +50,7 @@ struct Shared {
 
 enum Msg {
     Run(RunRecord),
+    Late(LateAnswer),
     /// Write what came before now, then answer.
     Flush(oneshot::Sender<()>),
 }
@@ -292,6 +293,34 @@ impl RunStore {
         }
     }
 
+    /// Adds a shadow's answer to its run, stored before (call it after
+    /// [`RunStore::record`] of that run). Never waits, like `record`; it is
+    /// counted among the writes.
+    pub fn add_answer(&self, late: LateAnswer) {
+        let worker = &self.shared.worker;
+        let Some(queue) = &self.shared.queue else {
+            let written = worker
+                .backend
+                .add_answers(std::slice::from_ref(&late))
+                .now_or_never();
+            match written {
+                Some(Ok(())) => worker.count(|c| &c.written, 1),
+                _ => worker.count(|c| &c.failed, 1),
+            }
+            return;
+        };
+        worker.pending.fetch_add(1, Ordering::Relaxed);
+        if queue.try_send(Msg::Late(late)).is_err() {
+            worker.pending.fetch_sub(1, Ordering::Relaxed);
+            worker.count(|c| &c.dropped, 1);
+            worker.warn_once(
+                &worker.dropped_warned,
+                "run store queue full: shadow answers dropped; they will not be judged",
+                None,
+            );
+        }
+    }
+
     /// Waits (at most 2 s) until the runs this process queued so far are
     /// written (not at all while the store is down).
     pub async fn flush(&self) {
@@ -478,8 +507,22 @@ impl Worker {
     }
 
     async fn write(&self, batch: &[RunRecord]) {
-        let n = batch.len() as u64;
-        match self.timed(self.backend.write(batch)).await {
+        self.outcome(batch.len(), self.backend.write(batch)).await;
+    }
+
+    async fn add_answers(&self, late: &[LateAnswer]) {
+        self.outcome(late.len(), self.backend.add_answers(late))
+            .await;
+    }
+
+    /// Counts a batch of `n` writes by how `call` went.
+    async fn outcome(
+        &self,
+        n: usize,
+        call: impl std::future::Future<Output = Result<(), StoreError>>,
+    ) {
+        let n = n as u64;
+        match self.timed(call).await {
             Ok(()) => self.count(|c| &c.written, n),
             Err(e) => {
                 self.count(|c| &c.failed, n);
@@ -528,23 +571,31 @@ impl Worker {
 /// `flush_interval` after the first; a flush request writes at once.
 async fn write_loop(worker: Arc<Worker>, mut rx: mpsc::Receiver<Msg>) {
     let mut batch = Vec::with_capacity(worker.batch);
+    let mut late = Vec::new();
     let mut flushes = Vec::new();
-    let take = |msg: Msg, batch: &mut Vec<RunRecord>, flushes: &mut Vec<_>| match msg {
-        Msg::Run(run) => batch.push(run),
-        Msg::Flush(done) => flushes.push(done),
-    };
+    let take =
+        |msg: Msg, batch: &mut Vec<RunRecord>, late: &mut Vec<_>, flushes: &mut Vec<_>| match msg {
+            Msg::Run(run) => batch.push(run),
+            Msg::Late(answer) => late.push(answer),
+            Msg::Flush(done) => flushes.push(done),
+        };
     while let Some(first) = rx.recv().await {
-        take(first, &mut batch, &mut flushes);
+        take(first, &mut batch, &mut late, &mut flushes);
         let deadline = tokio::time::Instant::now() + worker.flush_interval;
-        while flushes.is_empty() && batch.len() < worker.batch {
+        while flushes.is_empty() && batch.len() + late.len() < worker.batch {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(msg)) => take(msg, &mut batch, &mut flushes),
+                Ok(Some(msg)) => take(msg, &mut batch, &mut late, &mut flushes),
                 Ok(None) | Err(_) => break,
             }
         }
+        // Runs first: a late answer goes to a run queued before it.
         if !batch.is_empty() {
             worker.write(&batch).await;
             batch.clear();
+        }
+        if !late.is_empty() {
+            worker.add_answers(&late).await;
+            late.clear();
         }
         for done in flushes.drain(..) {
             let _ = done.send(());

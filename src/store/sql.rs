@@ -15,6 +15,29 @@ pub(crate) fn encode_answers(answers: &[ModelAnswer]) -> String {
     serde_json::to_string(answers).unwrap_or_else(|_| "[]".to_owned())
 }
 
+/// Late answers grouped by their stored row (pipeline, run id as stored,
+/// stage), each group's answers as one JSON array to append, in order.
+pub(crate) fn group_late(late: &[super::LateAnswer]) -> Vec<(&str, String, &str, String)> {
+    let mut groups: Vec<(&str, String, &str, Vec<&ModelAnswer>)> = Vec::new();
+    for l in late {
+        let id = super::run_id_hex(l.run_id);
+        match groups
+            .iter_mut()
+            .find(|(p, r, s, _)| *p == l.pipeline && *r == id && *s == l.stage)
+        {
+            Some(group) => group.3.push(&l.answer),
+            None => groups.push((&l.pipeline, id, &l.stage, vec![&l.answer])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(p, r, s, answers)| {
+            let json = serde_json::to_string(&answers).unwrap_or_else(|_| "[]".to_owned());
+            (p, r, s, json)
+        })
+        .collect()
+}
+
 /// A claimed row back into a stage record.
 pub(crate) fn decode_stage(
     backend: &'static str,

@@ -11,7 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row as _, SqlitePool};
 
 use super::sql::{self, SCHEMA_VERSION};
-use super::{run_id_hex, unix_ms, Backend, Claim, RunRecord, StoreError};
+use super::{run_id_hex, unix_ms, Backend, Claim, LateAnswer, RunRecord, StoreError};
 
 const NAME: &str = "sqlite";
 /// Rows per `INSERT` (six parameters each, far below SQLite's limit).
@@ -164,6 +164,31 @@ impl Backend for Sqlite {
                     .execute(&mut *tx)
                     .await
                     .map_err(&failed)?;
+            }
+            tx.commit().await.map_err(&failed)
+        })
+    }
+
+    fn add_answers<'a>(&'a self, late: &'a [LateAnswer]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let failed = sql::unavailable(NAME, None);
+            let mut tx = self.pool.begin().await.map_err(&failed)?;
+            for (pipeline, run_id, stage, answers) in sql::group_late(late) {
+                // Appends each element of the array to the stored one.
+                sqlx::query(
+                    "UPDATE pipelens_runs SET answers = (\
+                       SELECT json_group_array(json(value)) FROM (\
+                         SELECT value FROM json_each(pipelens_runs.answers) \
+                         UNION ALL SELECT value FROM json_each(?))) \
+                     WHERE pipeline = ? AND run_id = ? AND stage = ? AND judged_at_ms IS NULL",
+                )
+                .bind(answers)
+                .bind(pipeline)
+                .bind(run_id)
+                .bind(stage)
+                .execute(&mut *tx)
+                .await
+                .map_err(&failed)?;
             }
             tx.commit().await.map_err(&failed)
         })

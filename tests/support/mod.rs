@@ -3,6 +3,7 @@
 
 pub mod captured;
 pub mod export;
+pub mod late_answers;
 pub mod mlserver;
 pub mod otlp;
 pub mod postgres;
