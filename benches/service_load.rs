@@ -2,7 +2,7 @@
 //!
 //! Run: `cargo bench --bench service_load` (about 2 minutes on 2 cores).
 //! Options after `--`:
-//! - `--suite telemetry,exporters,realistic,overload,python,store` (default
+//! - `--suite telemetry,exporters,realistic,overload,python,store,shadow` (default
 //!   `telemetry,exporters`);
 //! - `--seconds N` measured per round (default 4, after 1 s of warm-up),
 //!   `--rounds N` (default 3), `--connections N` (default 16);
@@ -41,6 +41,11 @@
 //!   (a PostgreSQL 15 server the bench starts on loopback, as the tests
 //!   do), then 500 truths a second for 10 s posted to the Postgres one:
 //!   feedback latency.
+//! - `shadow`: the judged sentiment pipeline (OTLP export on, memory run
+//!   store) without a shadow (`PIPELENS_SENTIMENT_SHADOW=off`), and with
+//!   `majority_vote` as an async shadow answering 20 ms after it is called
+//!   (`async:20`): what a slow challenger costs the requests it never
+//!   delays.
 //! - `python`: the same three-candidate pipeline with fixed results served
 //!   by pipelens (`examples/fixed_three.rs`) and by the seeds' FastAPI stack
 //!   (`bench/python/app.py`), telemetry off and on.
@@ -80,6 +85,9 @@ const SENTIMENT_ROUTE: &str = "/v1/pipelines/sentiment/runs";
 const STORE_MEMORY: &str = "sentiment, memory store";
 const STORE_SQLITE: &str = "sentiment, SQLite store";
 const STORE_POSTGRES: &str = "sentiment, Postgres store";
+/// The `shadow` suite's variants.
+const SHADOW_OFF: &str = "sentiment, no shadow";
+const SHADOW_20MS: &str = "sentiment, 20 ms async shadow";
 /// The variant that runs `--baseline`'s binary with full OTLP export.
 const BASELINE: &str = "OTLP export, baseline";
 /// The tail-sampling variant's name, as the issue and README give it.
@@ -140,11 +148,12 @@ impl Options {
                 "overload",
                 "python",
                 "store",
+                "shadow",
             ]
             .contains(&suite.as_str())
             {
                 return Err(format!(
-                    "--suite: unknown suite {suite} (telemetry, exporters, realistic, overload, python, store)"
+                    "--suite: unknown suite {suite} (telemetry, exporters, realistic, overload, python, store, shadow)"
                 ));
             }
         }
@@ -179,6 +188,7 @@ enum Command {
     Pipelens,
     /// The fixed three-candidate pipeline on pipelens.
     FixedThree,
+
     /// The fixed three-candidate pipeline on FastAPI.
     Python,
     /// `serve` of another `pipelens` binary (`--baseline`: an earlier
@@ -376,6 +386,21 @@ fn main() {
             ..store(pg.url())
         });
     }
+    if has("shadow") {
+        for (name, shadow) in [(SHADOW_OFF, "off"), (SHADOW_20MS, "async:20")] {
+            let mut env = otlp(collector.addr);
+            env.push(("PIPELENS_SENTIMENT_SHADOW", shadow.to_owned()));
+            env.push(("PIPELENS_RUN_STORE", "memory".to_owned()));
+            variants.push(Variant {
+                name,
+                command: Command::Pipelens,
+                env,
+                route: SENTIMENT_ROUTE,
+                body: REVIEW,
+                connections: None,
+            });
+        }
+    }
     if has("python") {
         for (name, command, env) in [
             ("pipelens fixed, telemetry off", Command::FixedThree, off()),
@@ -521,6 +546,7 @@ fn measure(
             env.push(("BENCH_ADDR".into(), addr.to_string()));
             vec![example("fixed_three")?]
         }
+
         Command::Python => {
             env.push(("BENCH_ADDR".into(), addr.to_string()));
             let python = options.python.clone().expect("checked in Options::parse");
@@ -688,6 +714,18 @@ fn report(variants: &[Variant], figures: &[Figures], options: &Options) {
                 );
             }
         }
+        println!();
+    }
+    if let (Some(without), Some(with)) = (find(SHADOW_OFF), find(SHADOW_20MS)) {
+        let ratio = with.throughput() / without.throughput();
+        let p99 = with.p99() - without.p99();
+        println!(
+            "Goal: a 20 ms async shadow keeps >= 0.97 of the runs/s and p99 within +0.5 ms \
+             (median of {} rounds): {ratio:.2}, p99 {p99:+.2} ms, {:+.1} µs CPU/req ({})",
+            options.rounds,
+            with.cpu() - without.cpu(),
+            goal(ratio >= 0.97 && p99 <= 0.5)
+        );
         println!();
     }
     if let (Some(off), Some(on)) = (find("telemetry off"), find("OTLP export")) {

@@ -16,6 +16,12 @@
 //! `http://127.0.0.1:8080`), `remote_logistic` calls it; unset, the example
 //! starts its own scoring endpoint on a loopback port and says so. Nothing
 //! but cargo is needed either way.
+//!
+//! The challenger in shadow is `majority_vote` in the process, as `pipelens
+//! serve` runs it; as for `pipelens serve`, `PIPELENS_SENTIMENT_SHADOW=off`
+//! runs none, and `PIPELENS_SENTIMENT_SHADOW=async:20` runs it as an async
+//! model that answers 20 ms after it is called (a challenger behind a model
+//! server of its own).
 
 // The pipeline lives in the `pipelens` binary's demo (`pipelens serve`
 // serves it beside the ceiling-layout planner); its items are `pub` for the
@@ -56,7 +62,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             sentiment::Remote::Scorer(scorer)
         }
     };
-    let pipeline = sentiment::pipeline(telemetry.meter(), sentiment::Models::new(remote))?;
+    let shadow = match std::env::var("PIPELENS_SENTIMENT_SHADOW") {
+        Ok(value) if !value.is_empty() => sentiment::Shadow::parse(&value)
+            .map_err(|e| format!("invalid PIPELENS_SENTIMENT_SHADOW={value}: {e}"))?,
+        _ => sentiment::Shadow::default(),
+    };
+    let models = sentiment::Models {
+        shadow,
+        ..sentiment::Models::new(remote)
+    };
+    let pipeline = sentiment::pipeline(telemetry.meter(), models)?;
     let server = Server::builder()
         .telemetry(&telemetry)
         .pipeline(sentiment::served(pipeline))

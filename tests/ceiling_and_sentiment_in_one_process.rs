@@ -52,7 +52,8 @@ async fn one_server_serves_the_ceiling_and_sentiment_pipelines() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["ceiling-layout", "sentiment"]);
-    let sentiment_models: Vec<(&str, &str, bool)> = listed["pipelines"][1]["stages"][1]["models"]
+    let sentiment_models: Vec<(&str, &str, bool, &str)> = listed["pipelines"][1]["stages"][1]
+        ["models"]
         .as_array()
         .unwrap()
         .iter()
@@ -61,16 +62,18 @@ async fn one_server_serves_the_ceiling_and_sentiment_pipelines() {
                 m["name"].as_str().unwrap(),
                 m["kind"].as_str().unwrap(),
                 m["loaded"].as_bool().unwrap(),
+                m["role"].as_str().unwrap(),
             )
         })
         .collect();
     assert_eq!(
         sentiment_models,
         [
-            ("lexicon", "sync", true),
-            ("naive_bayes", "sync", true),
-            ("onnx_logistic", "sync", true),
-            ("remote_logistic", "async", true)
+            ("lexicon", "sync", true, "candidate"),
+            ("naive_bayes", "sync", true, "candidate"),
+            ("onnx_logistic", "sync", true, "candidate"),
+            ("remote_logistic", "async", true, "candidate"),
+            ("majority_vote", "sync", true, "shadow"),
         ]
     );
 

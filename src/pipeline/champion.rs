@@ -131,7 +131,6 @@ pub(crate) struct Roster {
 }
 
 impl Roster {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         meter: &Meter,
         pipeline: &str,

@@ -111,6 +111,12 @@ enum Command {
         /// `models/sentiment`.
         #[arg(long, env = "PIPELENS_SENTIMENT_MODEL_DIR")]
         sentiment_model_dir: Option<PathBuf>,
+        /// The challenger the sentiment pipeline runs in shadow:
+        /// `majority_vote` (in the process), `off`, or `async:MS` (an async
+        /// `majority_vote` answering MS milliseconds after it is called, as
+        /// one behind a model server of its own would).
+        #[arg(long, env = "PIPELENS_SENTIMENT_SHADOW", default_value = "majority_vote", value_parser = sentiment::Shadow::parse)]
+        sentiment_shadow: sentiment::Shadow,
         /// Where the service keeps its state (created if missing): the run
         /// store's SQLite file `pipelens.db`, unless PIPELENS_RUN_STORE
         /// names another store (memory, sqlite:PATH, postgres://...).
@@ -273,6 +279,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             drift_reference_dir,
             sentiment_model_server,
             sentiment_model_dir,
+            sentiment_shadow,
             data_dir,
         } => {
             let defaults = Concurrency::default();
@@ -290,6 +297,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 SentimentModels {
                     server: sentiment_model_server,
                     dir: sentiment_model_dir,
+                    shadow: sentiment_shadow,
                 },
                 data_dir,
             )
@@ -441,6 +449,8 @@ struct SentimentModels {
     server: Option<String>,
     /// `--sentiment-model-dir`.
     dir: Option<PathBuf>,
+    /// `--sentiment-shadow`.
+    shadow: sentiment::Shadow,
 }
 
 async fn serve(
@@ -505,6 +515,8 @@ async fn serve(
     let models = sentiment::Models {
         dir: models.dir.unwrap_or_else(sentiment::reference::default_dir),
         remote,
+        faults: Arc::clone(&faults),
+        shadow: models.shadow,
     };
     let remote_logistic = match &models.remote {
         sentiment::Remote::ModelServer(base) => format!("model server {base}"),

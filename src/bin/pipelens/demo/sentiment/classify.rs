@@ -484,6 +484,33 @@ pub fn scored(probabilities: [f64; 3]) -> Scored {
     }
 }
 
+/// The majority of `votes`: the label most of them give (the most
+/// confident vote's when no label has more votes than another), with the
+/// agreeing votes' mean score, and their mean confidence times the share
+/// of votes that agree.
+pub fn majority(votes: &[Scored]) -> Scored {
+    let count = |l: Label| votes.iter().filter(|v| v.label == l).count();
+    let most = Label::ALL.iter().map(|&l| count(l)).max().unwrap_or(0);
+    let tied = Label::ALL.iter().filter(|&&l| count(l) == most).count();
+    let label = if tied == 1 {
+        Label::ALL.into_iter().find(|&l| count(l) == most)
+    } else {
+        votes
+            .iter()
+            .max_by(|a, b| a.confidence.total_cmp(&b.confidence))
+            .map(|v| v.label)
+    }
+    .unwrap_or(Label::Neutral);
+    let agreeing: Vec<&Scored> = votes.iter().filter(|v| v.label == label).collect();
+    let n = agreeing.len().max(1) as f64;
+    let mean = |f: fn(&Scored) -> f64| agreeing.iter().map(|v| f(v)).sum::<f64>() / n;
+    Scored {
+        label,
+        score: mean(|v| v.score),
+        confidence: mean(|v| v.confidence) * agreeing.len() as f64 / votes.len().max(1) as f64,
+    }
+}
+
 fn softmax(logits: [f64; 3]) -> [f64; 3] {
     let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let exp = logits.map(|l| (l - max).exp());
@@ -722,6 +749,29 @@ mod tests {
                 assert_eq!(lexicon.classify(&tokens).label, *label, "lexicon: {text}");
             }
         }
+    }
+
+    #[test]
+    fn the_majority_wins_and_a_three_way_split_goes_to_the_most_confident() {
+        let vote = |label, confidence| Scored {
+            label,
+            score: 0.5,
+            confidence,
+        };
+        let m = majority(&[
+            vote(Label::Positive, 0.9),
+            vote(Label::Negative, 0.99),
+            vote(Label::Positive, 0.7),
+        ]);
+        assert_eq!(m.label, Label::Positive);
+        assert!((m.confidence - 0.8 * 2.0 / 3.0).abs() < 1e-12);
+        let split = majority(&[
+            vote(Label::Positive, 0.5),
+            vote(Label::Negative, 0.9),
+            vote(Label::Neutral, 0.6),
+        ]);
+        assert_eq!(split.label, Label::Negative);
+        assert!((split.confidence - 0.3).abs() < 1e-12);
     }
 
     #[test]

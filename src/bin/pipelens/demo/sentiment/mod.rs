@@ -17,7 +17,12 @@
 //!
 //! The classifiers are judged against ground truth: a label sent later to
 //! `POST /v1/pipelines/sentiment/runs/{run_id}/feedback` counts each
-//! candidate's answer as correct or not (`ml_model_feedback_total`).
+//! candidate's answer as correct or not (`ml_model_feedback_total`). The
+//! stage serves the candidate with the best measured accuracy
+//! ([`MeasuredAccuracy`]), and a challenger, `majority_vote`, runs in shadow:
+//! judged on the same truth, never served. Every model, the shadow
+//! included, takes the fault knobs (`PIPELENS_FAULTS`,
+//! `PIPELENS_FAULTS_FILE`).
 //!
 //! `pipelens serve` serves it beside the ceiling-layout planner, and
 //! `cargo run --example sentiment` alone; [`reviews`] is the load
@@ -26,7 +31,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -37,10 +42,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry::metrics::Meter;
+use pipelens::faults::{Faults, Faulty};
 use pipelens::server::{FieldError, Served};
 use pipelens::{
-    AsyncModel, BuildError, DriftSpec, Feature, Judge, Model, ModelError, Pipeline, Prediction,
-    Stage,
+    AsyncModel, BuildError, DriftSpec, Feature, Judge, MeasuredAccuracy, Model, ModelError,
+    Pipeline, Prediction, Stage,
 };
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
@@ -87,12 +93,49 @@ pub enum Remote {
 }
 
 /// What the pipeline's models need from outside the process.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Models {
     /// The directory of `model.onnx` and `features.json`.
     pub dir: PathBuf,
     /// Where `remote_logistic` runs.
     pub remote: Remote,
+    /// The fault knobs every model of the stage reads (none by default).
+    pub faults: Arc<Faults>,
+    /// The challenger in shadow.
+    pub shadow: Shadow,
+}
+
+/// The challenger the `classify` stage runs in shadow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Shadow {
+    /// `majority_vote`, in the process (what `pipelens serve` runs).
+    #[default]
+    MajorityVote,
+    /// `majority_vote` as an async model answering this long after it is
+    /// called: a challenger behind a model server of its own, whose round
+    /// trip the process only waits for (what `cargo bench --bench
+    /// service_load -- --suite shadow` measures).
+    MajorityVoteAfter(Duration),
+    /// No shadow.
+    Off,
+}
+
+impl Shadow {
+    /// `majority_vote`, `off`, or `async:MS` (an async `majority_vote`
+    /// answering MS milliseconds after it is called).
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "majority_vote" => Ok(Self::MajorityVote),
+            "off" => Ok(Self::Off),
+            other => other
+                .strip_prefix("async:")
+                .and_then(|ms| ms.parse().ok())
+                .map(|ms| Self::MajorityVoteAfter(Duration::from_millis(ms)))
+                .ok_or_else(|| {
+                    format!("`{other}`: expected majority_vote, off or async:MILLISECONDS")
+                }),
+        }
+    }
 }
 
 impl Models {
@@ -102,6 +145,8 @@ impl Models {
         Self {
             dir: reference::default_dir(),
             remote,
+            faults: Arc::new(Faults::none()),
+            shadow: Shadow::default(),
         }
     }
 }
@@ -157,12 +202,42 @@ pub fn pipeline_with_store(
 ) -> Result<Pipeline<Request, Sentiment>, BuildError> {
     let models = models.into();
     let stage = Stage::parallel("classify")
-        .model(LexiconModel(Lexicon::new()))
-        .model(BayesModel(OnceLock::new()))
-        .model(reference::OnnxLogistic::new(&models.dir));
+        .model(Faulty::new(
+            LexiconModel(Lexicon::new()),
+            Arc::clone(&models.faults),
+        ))
+        .model(Faulty::new(
+            BayesModel(OnceLock::new()),
+            Arc::clone(&models.faults),
+        ))
+        .model(Faulty::new(
+            reference::OnnxLogistic::new(&models.dir),
+            Arc::clone(&models.faults),
+        ))
+        .select(MeasuredAccuracy::default());
     let stage = match &models.remote {
-        Remote::Scorer(addr) => stage.async_model(RemoteScorer::new(*addr)),
-        Remote::ModelServer(base) => stage.async_model(reference::remote(base, &models.dir)),
+        Remote::Scorer(addr) => stage.async_model(Faulty::new(
+            RemoteScorer::new(*addr),
+            Arc::clone(&models.faults),
+        )),
+        Remote::ModelServer(base) => stage.async_model(Faulty::new(
+            reference::remote(base, &models.dir),
+            Arc::clone(&models.faults),
+        )),
+    };
+    let stage = match models.shadow {
+        Shadow::MajorityVote => stage.shadow(Faulty::new(
+            MajorityVote::default(),
+            Arc::clone(&models.faults),
+        )),
+        Shadow::MajorityVoteAfter(delay) => stage.shadow_async(Faulty::new(
+            AsyncVote {
+                vote: MajorityVote::default(),
+                delay,
+            },
+            Arc::clone(&models.faults),
+        )),
+        Shadow::Off => stage,
     };
     let builder = Pipeline::builder(NAME).meter(meter);
     let builder = match store {
@@ -314,6 +389,66 @@ impl Model<Tokens, Scored> for BayesModel {
     }
 }
 
+/// The shadow's `model_name`.
+pub const SHADOW: &str = "majority_vote";
+
+/// The challenger in shadow: the majority of the lexicon, naive Bayes and
+/// the in-process logistic model (when all three disagree, the most
+/// confident); its confidence is the agreeing models' mean confidence
+/// times the share that agrees.
+#[derive(Default)]
+struct MajorityVote {
+    voters: OnceLock<(Lexicon, NaiveBayes)>,
+}
+
+impl Model<Tokens, Scored> for MajorityVote {
+    fn name(&self) -> &str {
+        SHADOW
+    }
+    fn version(&self) -> &str {
+        "0.1.0"
+    }
+    fn load(&self) -> Result<(), ModelError> {
+        self.voters
+            .get_or_init(|| (Lexicon::new(), NaiveBayes::trained_default()));
+        Ok(())
+    }
+    fn run(&self, tokens: &Tokens) -> Result<Prediction<Scored>, ModelError> {
+        let (lexicon, bayes) = self
+            .voters
+            .get()
+            .ok_or_else(|| ModelError::NotLoaded("voters not trained yet".into()))?;
+        let scored = classify::majority(&[
+            lexicon.classify(tokens),
+            bayes.classify(tokens),
+            classify::logistic_score(tokens),
+        ]);
+        Ok(Prediction::new(scored.clone(), scored.confidence))
+    }
+}
+
+/// [`MajorityVote`] answering `delay` after it is called.
+struct AsyncVote {
+    vote: MajorityVote,
+    delay: Duration,
+}
+
+impl AsyncModel<Tokens, Scored> for AsyncVote {
+    fn name(&self) -> &str {
+        SHADOW
+    }
+    fn version(&self) -> &str {
+        "0.1.0"
+    }
+    async fn load(&self) -> Result<(), ModelError> {
+        self.vote.load()
+    }
+    async fn run(&self, tokens: &Tokens) -> Result<Prediction<Scored>, ModelError> {
+        tokio::time::sleep(self.delay).await;
+        self.vote.run(tokens)
+    }
+}
+
 /// A logistic scorer served over HTTP: an async candidate.
 struct RemoteScorer {
     base: String,
@@ -418,4 +553,82 @@ async fn score(headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
     }
     .instrument(span)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pipelens::{Answer, Outcome};
+
+    /// Runs a review and sends its truth at once (it waits for the shadow):
+    /// the outcome of each candidate, and the models judged.
+    async fn run_and_judge(models: Models) -> (Vec<(String, Outcome)>, Vec<String>) {
+        let p = pipeline(opentelemetry::global::meter("test"), models).unwrap();
+        p.load().await.unwrap();
+        let report = p
+            .run(Request {
+                text: "I love this film, it is wonderful".into(),
+            })
+            .await
+            .unwrap();
+        let outcomes = report.stages[1]
+            .models
+            .iter()
+            .map(|m| (m.model_name.clone(), m.outcome))
+            .collect();
+        let verdict = p
+            .feedback(&report.run_id, None, Answer::Label("positive".into()))
+            .await
+            .unwrap();
+        (
+            outcomes,
+            verdict.models.into_iter().map(|j| j.model_name).collect(),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_model_and_the_shadow_take_the_fault_knobs() {
+        let scorer = start_scorer().await.unwrap();
+        let (outcomes, judged) = run_and_judge(Models::from(scorer)).await;
+        assert!(outcomes.iter().all(|(_, o)| *o == Outcome::Success));
+        assert_eq!(
+            judged.len(),
+            5,
+            "four candidates and the shadow: {judged:?}"
+        );
+        assert!(judged.contains(&SHADOW.to_owned()));
+
+        let faults = Faults::new(
+            Some(
+                r#"{"lexicon": {"error_rate": 1.0}, "onnx_logistic": {"error_rate": 1.0},
+                    "remote_logistic": {"error_rate": 1.0}, "majority_vote": {"error_rate": 1.0}}"#,
+            ),
+            None,
+        )
+        .unwrap();
+        let models = Models {
+            faults: Arc::new(faults),
+            ..Models::from(scorer)
+        };
+        let (outcomes, judged) = run_and_judge(models).await;
+        let failed: Vec<&str> = outcomes
+            .iter()
+            .filter(|(_, o)| *o == Outcome::Error)
+            .map(|(m, _)| m.as_str())
+            .collect();
+        assert_eq!(failed, ["lexicon", "onnx_logistic", "remote_logistic"]);
+        assert_eq!(judged, ["naive_bayes"], "the failed shadow gave no answer");
+    }
+
+    #[test]
+    fn shadows_parse_by_name() {
+        assert_eq!(Shadow::parse("majority_vote"), Ok(Shadow::MajorityVote));
+        assert_eq!(Shadow::parse("off"), Ok(Shadow::Off));
+        assert_eq!(
+            Shadow::parse("async:20"),
+            Ok(Shadow::MajorityVoteAfter(Duration::from_millis(20)))
+        );
+        let e = Shadow::parse("async:soon").unwrap_err();
+        assert!(e.contains("async:MILLISECONDS"), "{e}");
+    }
 }
