@@ -46,12 +46,28 @@ impl<In: Send + Sync + 'static, Out: Send + 'static> BoundModel<In, Out> {
 
     /// The `model.run` span of one execution, a child of its stage's span.
     pub(crate) fn span(&self, parent: &Span, stage: &str) -> Span {
-        self.span_as(parent, stage, None)
+        self.span_with(parent.id(), stage, None)
     }
 
-    /// Like [`BoundModel::span`], with a `model.role` attribute when `role`
-    /// is given (`shadow` for a shadow's execution).
-    pub(crate) fn span_as(&self, parent: &Span, stage: &str, role: Option<&'static str>) -> Span {
+    /// The `model.run` span of a shadow's execution, with `model.role =
+    /// "shadow"`: a child of its stage's span in the trace, but not in
+    /// `tracing`'s tree, where a child keeps its parents open until it
+    /// closes; the run's spans end when the run does, not when its shadows
+    /// do.
+    pub(crate) fn shadow_span(&self, stage_span: &Span, stage: &str) -> Span {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let span = self.span_with(None, stage, Some("shadow"));
+        // Fails only without the OpenTelemetry layer: no trace to join.
+        let _ = span.set_parent(stage_span.context());
+        span
+    }
+
+    fn span_with(
+        &self,
+        parent: Option<tracing::Id>,
+        stage: &str,
+        role: Option<&'static str>,
+    ) -> Span {
         tracing::info_span!(
             parent: parent,
             "model.run",

@@ -463,7 +463,7 @@ where
             };
             let slot = PendingSlot(Arc::clone(pending));
             let model = Arc::clone(model);
-            let span = model.span_as(span, &self.name, Some(Role::Shadow.as_str()));
+            let span = model.shadow_span(span, &self.name);
             let env = env.clone();
             let input = Arc::clone(input);
             let roster = Arc::clone(&self.roster);
