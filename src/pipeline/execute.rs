@@ -50,15 +50,16 @@ impl<In: Send + Sync + 'static, Out: Send + 'static> BoundModel<In, Out> {
     }
 
     /// The `model.run` span of a shadow's execution, with `model.role =
-    /// "shadow"`: a child of its stage's span in the trace, but not in
+    /// "shadow"`, whose OpenTelemetry parent is `stage` (the stage span's
+    /// context): a child of the stage's span in the trace, but not in
     /// `tracing`'s tree, where a child keeps its parents open until it
     /// closes; the run's spans end when the run does, not when its shadows
     /// do.
-    pub(crate) fn shadow_span(&self, stage_span: &Span, stage: &str) -> Span {
+    pub(crate) fn shadow_span(&self, stage: opentelemetry::Context, stage_name: &str) -> Span {
         use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-        let span = self.span_with(None, stage, Some("shadow"));
+        let span = self.span_with(None, stage_name, Some("shadow"));
         // Fails only without the OpenTelemetry layer: no trace to join.
-        let _ = span.set_parent(stage_span.context());
+        let _ = span.set_parent(stage);
         span
     }
 

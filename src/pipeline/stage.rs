@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::instrument::WithSubscriber as _;
 use tracing::{field, Span};
 
 use super::call::{BoxFuture, Candidate};
@@ -446,6 +447,14 @@ where
         sink: Option<&Arc<ShadowSink>>,
     ) {
         let runtime = tokio::runtime::Handle::try_current().ok();
+        // Each shadow's span is made in its task, under the stage's context.
+        let stage_cx = {
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            span.context()
+        };
+        // The tasks run under the caller's subscriber (which may be a
+        // scoped, thread-local one), as the stage's own models do.
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
         for (i, model) in self.models.iter().enumerate() {
             if self.roster.role(i) != Role::Shadow {
                 continue;
@@ -463,14 +472,15 @@ where
             };
             let slot = PendingSlot(Arc::clone(pending));
             let model = Arc::clone(model);
-            let span = model.shadow_span(span, &self.name);
+            let stage_cx = stage_cx.clone();
             let env = env.clone();
             let input = Arc::clone(input);
             let roster = Arc::clone(&self.roster);
             let answer = self.judge.clone().zip(sink.map(|s| s.ticket()));
             let timeout = self.timeout;
-            runtime.spawn(async move {
+            let shadow = async move {
                 let _slot = slot;
+                let span = model.shadow_span(stage_cx, &roster.stage);
                 let exec = model
                     .execute(&env, &input, &span, Instant::now(), timeout)
                     .await;
@@ -486,7 +496,8 @@ where
                         },
                     );
                 }
-            });
+            };
+            runtime.spawn(shadow.with_subscriber(dispatch.clone()));
         }
     }
 }
