@@ -69,7 +69,7 @@ pub const PROM_PIPELINE_FEEDBACK: &str = "ml_pipeline_feedback_total";
 pub const MODEL_ABSOLUTE_ERROR: &str = "ml_model_absolute_error";
 /// OTel (and Prometheus) name of the info series of a parallel stage's
 /// models: 1 for the role a model has now (labels `pipeline, stage,
-/// model_name, role` = `candidate` | `shadow`), 0 for a role it left.
+/// model_name, role` = `candidate` | `shadow`), 0 for the other role.
 pub const MODEL_ROLE: &str = "ml_model_role";
 /// OTel (and Prometheus) name of the champion gauge of a stage selected by
 /// measured accuracy: 1 for the serving candidate the policy prefers now,

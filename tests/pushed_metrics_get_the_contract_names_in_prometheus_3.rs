@@ -187,6 +187,55 @@ fn the_translation_follows_prometheus_own_cases() {
 /// Every instrument pipelens records, with its unit and kind as the code
 /// declares them, beside the name the dashboards and rules use.
 const INSTRUMENTS: &[(&str, &str, Kind, &str)] = &[
+    (names::MODEL_ROLE, "", Kind::Gauge, names::MODEL_ROLE),
+    (
+        names::STAGE_CHAMPION,
+        "",
+        Kind::Gauge,
+        names::STAGE_CHAMPION,
+    ),
+    (
+        names::CHAMPION_CHANGES,
+        "",
+        Kind::MonotonicSum,
+        names::PROM_CHAMPION_CHANGES,
+    ),
+    (
+        names::MODEL_MEASURED_ACCURACY,
+        "",
+        Kind::Gauge,
+        names::MODEL_MEASURED_ACCURACY,
+    ),
+    (
+        names::MODEL_MEASURED_ERROR,
+        "",
+        Kind::Gauge,
+        names::MODEL_MEASURED_ERROR,
+    ),
+    (
+        names::MODEL_MEASURED_ANSWERS,
+        "",
+        Kind::Gauge,
+        names::MODEL_MEASURED_ANSWERS,
+    ),
+    (
+        names::MODEL_OUTPERFORMS_CHAMPION,
+        "",
+        Kind::Gauge,
+        names::MODEL_OUTPERFORMS_CHAMPION,
+    ),
+    (
+        names::SHADOW_SKIPPED,
+        "",
+        Kind::MonotonicSum,
+        names::PROM_SHADOW_SKIPPED,
+    ),
+    (
+        names::MODEL_PROMOTIONS,
+        "",
+        Kind::MonotonicSum,
+        names::PROM_MODEL_PROMOTIONS,
+    ),
     (
         names::MODEL_EXECUTIONS,
         "",

@@ -241,12 +241,14 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// Milliseconds since the Unix epoch (0 before it).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A run id as stored: 32 lowercase hex digits.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn run_id_hex(run_id: u128) -> String {
     format!("{run_id:032x}")
 }

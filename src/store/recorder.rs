@@ -269,40 +269,33 @@ impl RunStore {
     /// Remembers a run until its truth arrives. Never waits: a durable
     /// store queues it (a full queue drops it, counted and logged).
     pub fn record(&self, run: RunRecord) {
-        let worker = &self.shared.worker;
-        let Some(queue) = &self.shared.queue else {
-            let written = worker
-                .backend
-                .write(std::slice::from_ref(&run))
-                .now_or_never();
-            match written {
-                Some(Ok(())) => worker.count(|c| &c.written, 1),
-                _ => worker.count(|c| &c.failed, 1),
-            }
-            return;
-        };
-        worker.pending.fetch_add(1, Ordering::Relaxed);
-        if queue.try_send(Msg::Run(run)).is_err() {
-            worker.pending.fetch_sub(1, Ordering::Relaxed);
-            worker.count(|c| &c.dropped, 1);
-            worker.warn_once(
-                &worker.dropped_warned,
-                "run store queue full: judged runs dropped; their feedback will be answered as unknown",
-                None,
-            );
-        }
+        self.submit(
+            Msg::Run(run),
+            "run store queue full: judged runs dropped; their feedback will be answered as unknown",
+        );
     }
 
     /// Adds a shadow's answer to its run, stored before (call it after
     /// [`RunStore::record`] of that run). Never waits, like `record`; it is
     /// counted among the writes.
     pub fn add_answer(&self, late: LateAnswer) {
+        self.submit(
+            Msg::Late(late),
+            "run store queue full: shadow answers dropped; they will not be judged",
+        );
+    }
+
+    /// Writes `msg` at once to a store that is not durable, else queues it
+    /// for the writer; a full queue drops it with `dropped_warning`.
+    fn submit(&self, msg: Msg, dropped_warning: &str) {
         let worker = &self.shared.worker;
         let Some(queue) = &self.shared.queue else {
-            let written = worker
-                .backend
-                .add_answers(std::slice::from_ref(&late))
-                .now_or_never();
+            let written = match &msg {
+                Msg::Run(run) => worker.backend.write(std::slice::from_ref(run)),
+                Msg::Late(late) => worker.backend.add_answers(std::slice::from_ref(late)),
+                Msg::Flush(_) => return,
+            }
+            .now_or_never();
             match written {
                 Some(Ok(())) => worker.count(|c| &c.written, 1),
                 _ => worker.count(|c| &c.failed, 1),
@@ -310,14 +303,10 @@ impl RunStore {
             return;
         };
         worker.pending.fetch_add(1, Ordering::Relaxed);
-        if queue.try_send(Msg::Late(late)).is_err() {
+        if queue.try_send(msg).is_err() {
             worker.pending.fetch_sub(1, Ordering::Relaxed);
             worker.count(|c| &c.dropped, 1);
-            worker.warn_once(
-                &worker.dropped_warned,
-                "run store queue full: shadow answers dropped; they will not be judged",
-                None,
-            );
+            worker.warn_once(&worker.dropped_warned, dropped_warning, None);
         }
     }
 
