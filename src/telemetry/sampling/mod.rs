@@ -414,20 +414,38 @@ impl Offer for State {
 impl SpanProcessor for TailSpans {
     fn on_start(&self, span: &mut Span, cx: &Context) {
         self.0.spans.on_start(span, cx);
-        if cx.has_active_span() {
-            let parent = cx.span();
-            let sc = parent.span_context();
-            if sc.is_remote() && sc.is_sampled() {
-                self.0.mark(sc.trace_id(), |h| h.parent_sampled = true);
-            }
+        let parent = cx
+            .has_active_span()
+            .then(|| cx.span().span_context().clone());
+        if parent.as_ref().is_some_and(|p| !p.is_remote()) {
+            return;
+        }
+        // A local root. One of a trace whose root is open here already is
+        // a fragment of it (an in-process endpoint the run called with its
+        // `traceparent`): decided with the run, whatever its parent says.
+        use opentelemetry::trace::Span as _;
+        let trace = span.span_context().trace_id();
+        let fragment = self
+            .0
+            .table
+            .shard(trace)
+            .root_started(trace, self.0.table.max_open());
+        if let Some(p) = parent.filter(|p| !fragment && p.is_sampled()) {
+            self.0.mark(p.trace_id(), |h| h.parent_sampled = true);
         }
     }
 
     fn on_end(&self, span: SpanData) {
-        if is_local_root(&span) {
-            self.0.root_ended(span);
-        } else {
+        if !is_local_root(&span) {
             self.0.span_ended(span);
+            return;
+        }
+        let trace = span.span_context.trace_id();
+        let fragment = self.0.table.shard(trace).root_ended(trace);
+        if fragment {
+            self.0.span_ended(span);
+        } else {
+            self.0.root_ended(span);
         }
     }
 

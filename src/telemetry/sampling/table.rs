@@ -75,12 +75,45 @@ impl Held {
 #[derive(Debug)]
 pub(crate) struct Shard {
     pub(crate) held: HashMap<TraceId, Held>,
+    /// Local roots started and not ended, per trace: a second one is a
+    /// fragment of the first (an in-process endpoint the run called).
+    open: HashMap<TraceId, u32>,
     decided: HashMap<TraceId, bool>,
     order: VecDeque<TraceId>,
     last_sweep: Instant,
 }
 
 impl Shard {
+    /// A local root of `trace` starts; whether another one of the same
+    /// trace is open, which makes this one a fragment of it. At most
+    /// `max_open` traces are tracked (past that, roots stand alone).
+    pub(crate) fn root_started(&mut self, trace: TraceId, max_open: usize) -> bool {
+        if let Some(n) = self.open.get_mut(&trace) {
+            *n += 1;
+            return true;
+        }
+        if self.open.len() < max_open {
+            self.open.insert(trace, 1);
+        }
+        false
+    }
+
+    /// A local root of `trace` ended; whether another one is still open,
+    /// which makes this one a fragment to hold with the trace.
+    pub(crate) fn root_ended(&mut self, trace: TraceId) -> bool {
+        match self.open.get_mut(&trace) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            Some(_) => {
+                self.open.remove(&trace);
+                false
+            }
+            None => false,
+        }
+    }
+
     /// The remembered decision of `trace` (true: kept).
     pub(crate) fn decided(&self, trace: TraceId) -> Option<bool> {
         self.decided.get(&trace).copied()
@@ -143,6 +176,7 @@ impl Table {
                 .map(|_| {
                     Mutex::new(Shard {
                         held: HashMap::new(),
+                        open: HashMap::new(),
                         decided: HashMap::new(),
                         order: VecDeque::new(),
                         last_sweep: now,
@@ -170,6 +204,13 @@ impl Table {
     }
 
     pub(crate) const SHARDS: usize = SHARDS;
+
+    /// How many traces with open local roots each shard tracks: as many
+    /// as may be held, four times over (roots of traces decided early
+    /// stay open until they end).
+    pub(crate) fn max_open(&self) -> usize {
+        (self.max_traces * 4).div_ceil(Self::SHARDS).max(1)
+    }
 
     /// Traces held now.
     pub(crate) fn held_count(&self) -> usize {

@@ -276,3 +276,76 @@ fn keep_everything_passes_spans_through_and_still_counts_reasons() {
     assert_eq!(counted(&rig, "kept", "ratio"), 1);
     assert_eq!(rig.tail.0.table.held_count(), 0);
 }
+
+/// Spans through a real tracer whose processor is `rig`'s tail sampler.
+fn tracer(
+    rig: &Rig,
+) -> (
+    opentelemetry_sdk::trace::SdkTracerProvider,
+    opentelemetry_sdk::trace::SdkTracer,
+) {
+    use opentelemetry::trace::TracerProvider as _;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_span_processor(TailSpans(Arc::clone(&rig.tail.0)))
+        .build();
+    let tracer = provider.tracer("t");
+    (provider, tracer)
+}
+
+#[test]
+fn a_fragment_continuing_an_open_run_is_decided_with_the_run() {
+    use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _};
+    let rig = rig(0.0, SlowThreshold::Off, HoldLimits::default());
+    let (_provider, tracer) = tracer(&rig);
+    let mut traces = Vec::new();
+    for failed in [false, true] {
+        // The run: its root, and a model span under it.
+        let run = Context::new().with_span(tracer.start("pipeline.run"));
+        let trace = run.span().span_context().trace_id();
+        traces.push(trace);
+        let model = run.span().span_context().span_id();
+        // An endpoint in the same process continues the run's trace from
+        // the `traceparent` the model sent: a local root with a sampled
+        // remote parent.
+        let remote = SpanContext::new(trace, model, TraceFlags::SAMPLED, true, TraceState::NONE);
+        let cx = Context::new().with_remote_span_context(remote);
+        tracer.start_with_context("scorer.score", &cx).end();
+        let mut child = tracer.start_with_context("model.run", &run);
+        if failed {
+            child.set_status(Status::error("failed"));
+        }
+        child.end();
+        run.span().end();
+    }
+    let exported = exported(&rig);
+    assert!(
+        exported
+            .iter()
+            .all(|s| s.span_context.trace_id() == traces[1]),
+        "nothing of the healthy run, its fragment included: {exported:?}"
+    );
+    let names: Vec<&str> = exported.iter().map(|s| s.name.as_ref()).collect();
+    assert_eq!(names.len(), 3, "the failed run whole: {names:?}");
+    assert!(names.contains(&"scorer.score"));
+    assert_eq!(counted(&rig, "kept", "parent"), 0);
+    assert_eq!(counted(&rig, "dropped", "ratio"), 1);
+    assert_eq!(counted(&rig, "kept", "error"), 1);
+}
+
+#[test]
+fn a_root_with_a_sampled_remote_parent_alone_still_counts_as_parent() {
+    use opentelemetry::trace::{Span as _, Tracer as _};
+    let rig = rig(0.0, SlowThreshold::Off, HoldLimits::default());
+    let (_provider, tracer) = tracer(&rig);
+    let remote = SpanContext::new(
+        trace(7),
+        SpanId::from_bytes(9u64.to_be_bytes()),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::NONE,
+    );
+    let cx = Context::new().with_remote_span_context(remote);
+    tracer.start_with_context("http.request", &cx).end();
+    assert_eq!(counted(&rig, "kept", "parent"), 1);
+    assert_eq!(exported(&rig).len(), 1);
+}
