@@ -212,7 +212,17 @@ async fn tail_sampling_keeps_failed_slow_and_parented_traces_whole_and_exemplars
     for i in 0..3u8 {
         let trace = format!("{:032x}", 0xabc0_u128 + u128::from(i));
         let header = format!("00-{trace}-00f067aa0ba902{i:02x}-01");
-        let r = run(addr, r#"{"mode":"ok"}"#, &[("traceparent", &header)]).await;
+        // A caller that sampled at 10% and says so (OpenTelemetry's
+        // consistent probability sampling threshold).
+        let r = run(
+            addr,
+            r#"{"mode":"ok"}"#,
+            &[
+                ("traceparent", &header),
+                ("tracestate", "ot=th:e666666666666"),
+            ],
+        )
+        .await;
         assert_eq!(trace_of(&r).as_deref(), Some(trace.as_str()));
         parented.push(trace);
     }

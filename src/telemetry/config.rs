@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use opentelemetry_sdk::trace::Sampler;
 
-use super::sampling::{HoldLimits, SlowThreshold};
+use super::sampling::{HoldLimits, KeepParent, SlowThreshold};
 
 /// How log events are printed on stdout.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -96,6 +96,10 @@ pub struct TelemetryConfig {
     /// (`PIPELENS_TRACES_KEEP_SLOWER_THAN`: `250ms`, `1s`, `p99`, `p95` or
     /// `off`; default `p99`, each pipeline's own recent 99th percentile).
     pub traces_keep_slower_than: SlowThreshold,
+    /// Tail sampling: what an upstream's sampled flag keeps
+    /// (`PIPELENS_TRACES_KEEP_PARENT`: `threshold`, the default, `always`
+    /// or `never`; see [`KeepParent`]).
+    pub traces_keep_parent: KeepParent,
     /// Tail sampling: how much is held while traces run
     /// (`PIPELENS_TRACES_MAX_HELD`, `PIPELENS_TRACES_MAX_SPANS`,
     /// `PIPELENS_TRACES_HOLD_TIMEOUT`).
@@ -151,6 +155,7 @@ impl Default for TelemetryConfig {
             sdk_disabled: false,
             traces_keep_ratio: 1.0,
             traces_keep_slower_than: SlowThreshold::default(),
+            traces_keep_parent: KeepParent::default(),
             traces_hold: HoldLimits::default(),
         }
     }
@@ -246,6 +251,11 @@ fn tail_sampling_from<'a>(
     if let Some(t) = get(SLOWER) {
         config.traces_keep_slower_than =
             SlowThreshold::parse(t).map_err(|reason| invalid(SLOWER, t, &reason))?;
+    }
+    const PARENT: &str = "PIPELENS_TRACES_KEEP_PARENT";
+    if let Some(p) = get(PARENT) {
+        config.traces_keep_parent =
+            KeepParent::parse(p).map_err(|reason| invalid(PARENT, p, &reason))?;
     }
     let positive = |var: &str| -> Result<Option<u64>, ConfigError> {
         get(var)
@@ -494,6 +504,7 @@ mod tests {
             ("PIPELENS_TRACES_KEEP_RATIO", "1.5"),
             ("PIPELENS_TRACES_KEEP_RATIO", "some"),
             ("PIPELENS_TRACES_KEEP_SLOWER_THAN", "fast"),
+            ("PIPELENS_TRACES_KEEP_PARENT", "sometimes"),
             ("PIPELENS_TRACES_MAX_HELD", "0"),
             ("PIPELENS_TRACES_MAX_SPANS", "-1"),
             ("PIPELENS_TRACES_HOLD_TIMEOUT", "soon"),
@@ -522,6 +533,9 @@ mod tests {
         let d = config(&[]).unwrap();
         assert_eq!(d.traces_keep_ratio, 1.0);
         assert_eq!(d.traces_keep_slower_than, SlowThreshold::Quantile(0.99));
+        assert_eq!(d.traces_keep_parent, KeepParent::Threshold);
+        let always = config(&[("PIPELENS_TRACES_KEEP_PARENT", "always")]).unwrap();
+        assert_eq!(always.traces_keep_parent, KeepParent::Always);
         let c = config(&[
             ("PIPELENS_TRACES_KEEP_RATIO", "0.1"),
             ("PIPELENS_TRACES_KEEP_SLOWER_THAN", "250ms"),

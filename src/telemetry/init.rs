@@ -123,6 +123,7 @@ where
         if let Some(target) = &config.traces {
             let policy = sampling::Policy {
                 ratio: config.traces_keep_ratio,
+                keep_parent: config.traces_keep_parent,
                 slow: config.traces_keep_slower_than,
                 limits: config.traces_hold,
             };

@@ -23,4 +23,4 @@ pub use init::{
 };
 pub use openmetrics::{encode_openmetrics, wants_openmetrics, OPENMETRICS_CONTENT_TYPE};
 pub use propagation::{context_from_headers, trace_headers};
-pub use sampling::{HoldLimits, SlowThreshold};
+pub use sampling::{HoldLimits, KeepParent, SlowThreshold};

@@ -32,7 +32,7 @@ use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 use opentelemetry_sdk::Resource;
 
 pub(crate) use policy::{Decision, Reason, DECISIONS};
-pub use policy::{HoldLimits, SlowThreshold};
+pub use policy::{HoldLimits, KeepParent, SlowThreshold};
 
 use super::exemplars::{self, Offer, Offered};
 use policy::in_ratio;
@@ -43,6 +43,7 @@ use table::{Held, Placed, Table};
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Policy {
     pub(crate) ratio: f64,
+    pub(crate) keep_parent: KeepParent,
     pub(crate) slow: SlowThreshold,
     pub(crate) limits: HoldLimits,
 }
@@ -430,7 +431,10 @@ impl SpanProcessor for TailSpans {
             .table
             .shard(trace)
             .root_started(trace, self.0.table.max_open());
-        if let Some(p) = parent.filter(|p| !fragment && p.is_sampled()) {
+        let keeps = |p: &opentelemetry::trace::SpanContext| {
+            !fragment && p.is_sampled() && self.0.policy.keep_parent.keeps(p.trace_state())
+        };
+        if let Some(p) = parent.filter(keeps) {
             self.0.mark(p.trace_id(), |h| h.parent_sampled = true);
         }
     }

@@ -3,7 +3,64 @@
 
 use std::time::Duration;
 
-use opentelemetry::trace::TraceId;
+use opentelemetry::trace::{TraceId, TraceState};
+
+/// What an upstream's sampled flag (`traceparent` `01`) means to tail
+/// sampling (`PIPELENS_TRACES_KEEP_PARENT`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeepParent {
+    /// Keep the trace for its parent only when the caller says it sampled
+    /// at a probability below 1: OpenTelemetry's consistent probability
+    /// sampling writes its rejection threshold into `tracestate`
+    /// (`ot=th:…`, a threshold above 0). An always-on caller (no threshold,
+    /// or `th:0`) flags every request: that keeps nothing by itself.
+    #[default]
+    Threshold,
+    /// Keep every trace whose parent was sampled (a caller that samples
+    /// without saying so keeps its traces whole here too).
+    Always,
+    /// The parent's flag keeps nothing: errors, slow runs and the ratio
+    /// decide.
+    Never,
+}
+
+impl KeepParent {
+    /// Parses `threshold`, `always` or `never`.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "threshold" => Ok(Self::Threshold),
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            _ => Err("expected threshold, always or never".to_owned()),
+        }
+    }
+
+    /// Whether a trace whose sampled parent carried `state` is kept for it.
+    pub(crate) fn keeps(self, state: &TraceState) -> bool {
+        match self {
+            Self::Always => true,
+            Self::Never => false,
+            Self::Threshold => threshold(state).is_some_and(|t| t > 0),
+        }
+    }
+}
+
+/// 2^56: thresholds and randomness are 56-bit numbers.
+const MAX_THRESHOLD: u64 = 1 << 56;
+
+/// The rejection threshold `th` of an OpenTelemetry `tracestate` entry
+/// (`ot=th:c;rv:…`): up to 14 hex digits, trailing zeros dropped, so `c`
+/// is 0xc0000000000000 (a probability of 1/4). `None` when absent or
+/// malformed.
+pub(crate) fn threshold(state: &TraceState) -> Option<u64> {
+    let ot = state.get("ot")?;
+    let th = ot.split(';').find_map(|field| field.strip_prefix("th:"))?;
+    if th.is_empty() || th.len() > 14 || !th.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let value = u64::from_str_radix(th, 16).ok()?;
+    Some(value << (4 * (14 - th.len())))
+}
 
 /// When a run counts as slow, and so is kept.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -166,9 +223,12 @@ impl Decision {
     }
 }
 
-/// Whether `trace_id` falls in the random share `ratio`, decided from the
-/// trace id's low 63 bits as the SDK's `TraceIdRatioBased` sampler does, so
-/// every process that sees the trace decides the same.
+/// Whether `trace_id` falls in the random share `ratio`, decided as
+/// OpenTelemetry's consistent probability sampling decides: the trace id's
+/// low 56 bits are its randomness R, the ratio's rejection threshold is
+/// T = (1 - ratio) x 2^56, and the trace is kept when R >= T. So every
+/// process that sees the trace decides the same, and a caller sampling at
+/// a probability of at least `ratio` kept every trace this keeps.
 pub(crate) fn in_ratio(trace_id: TraceId, ratio: f64) -> bool {
     if ratio >= 1.0 {
         return true;
@@ -178,14 +238,63 @@ pub(crate) fn in_ratio(trace_id: TraceId, ratio: f64) -> bool {
     }
     let bytes = trace_id.to_bytes();
     let mut low = [0u8; 8];
-    low.copy_from_slice(&bytes[8..16]);
-    let rnd = u64::from_be_bytes(low) >> 1;
-    rnd < (ratio * (1u64 << 63) as f64) as u64
+    low[1..].copy_from_slice(&bytes[9..16]);
+    let randomness = u64::from_be_bytes(low);
+    let threshold = ((1.0 - ratio) * MAX_THRESHOLD as f64).round() as u64;
+    randomness >= threshold
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn state(ot: &str) -> TraceState {
+        TraceState::from_key_value([("ot", ot)]).unwrap()
+    }
+
+    #[test]
+    fn thresholds_are_read_from_the_ot_tracestate_entry() {
+        assert_eq!(threshold(&state("th:c")), Some(0xc0_0000_0000_0000));
+        assert_eq!(
+            threshold(&state("rv:1234;th:e668")),
+            Some(0xe6_6800_0000_0000)
+        );
+        assert_eq!(threshold(&state("th:0")), Some(0));
+        assert_eq!(threshold(&state("rv:12")), None);
+        assert_eq!(threshold(&state("th:xyz")), None);
+        assert_eq!(threshold(&state("th:123456789abcdef")), None, "15 digits");
+        assert_eq!(threshold(&TraceState::NONE), None);
+        // 10%: a threshold of 0.9 x 2^56 is above 0, so kept for the parent.
+        assert!(KeepParent::Threshold.keeps(&state("th:e666666666666")));
+        assert!(!KeepParent::Threshold.keeps(&state("th:0")));
+        assert!(!KeepParent::Threshold.keeps(&TraceState::NONE));
+        assert!(KeepParent::Always.keeps(&TraceState::NONE));
+        assert!(!KeepParent::Never.keeps(&state("th:e666666666666")));
+        assert_eq!(KeepParent::parse("ALWAYS"), Ok(KeepParent::Always));
+        assert!(KeepParent::parse("sometimes").is_err());
+    }
+
+    #[test]
+    fn the_ratio_is_consistent_with_a_callers_threshold() {
+        let id = |r: u64| TraceId::from_bytes(u128::from(r).to_be_bytes());
+        // R = 0.95 x 2^56 is kept at 10% (T = 0.9 x 2^56), R = 0.85 x 2^56 not.
+        let r = |share: f64| (share * MAX_THRESHOLD as f64) as u64;
+        assert!(in_ratio(id(r(0.95)), 0.1));
+        assert!(!in_ratio(id(r(0.85)), 0.1));
+        // Only the low 56 bits count.
+        assert!(in_ratio(id(r(0.95) | (0xff << 56)), 0.1));
+        // What a 20% caller kept includes everything a 10% ratio keeps.
+        for n in 0..10_000u64 {
+            let t = id(n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 8);
+            if in_ratio(t, 0.1) {
+                assert!(in_ratio(t, 0.2));
+            }
+        }
+        let kept = (0..100_000u64)
+            .filter(|n| in_ratio(id(n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 8), 0.1))
+            .count();
+        assert!((9_000..11_000).contains(&kept), "{kept}");
+    }
 
     #[test]
     fn thresholds_parse_durations_quantiles_and_off() {

@@ -55,6 +55,10 @@ struct Rig {
 }
 
 fn rig(ratio: f64, slow: SlowThreshold, limits: HoldLimits) -> Rig {
+    rig_with(ratio, slow, limits, KeepParent::default())
+}
+
+fn rig_with(ratio: f64, slow: SlowThreshold, limits: HoldLimits, keep_parent: KeepParent) -> Rig {
     let (registry, provider) =
         crate::telemetry::metrics_provider(Resource::builder_empty().build()).unwrap();
     let spans = Collect::default();
@@ -63,6 +67,7 @@ fn rig(ratio: f64, slow: SlowThreshold, limits: HoldLimits) -> Rig {
     let state = tail_sampling(
         Policy {
             ratio,
+            keep_parent,
             slow,
             limits,
         },
@@ -332,20 +337,43 @@ fn a_fragment_continuing_an_open_run_is_decided_with_the_run() {
     assert_eq!(counted(&rig, "kept", "error"), 1);
 }
 
-#[test]
-fn a_root_with_a_sampled_remote_parent_alone_still_counts_as_parent() {
+/// Five healthy requests from a caller whose `traceparent` is sampled
+/// (`01`) with `tracestate` `state`, at ratio 0: how many are kept as
+/// `parent` and exported.
+fn from_sampled_caller(keep_parent: KeepParent, state: TraceState) -> (u64, usize) {
     use opentelemetry::trace::{Span as _, Tracer as _};
-    let rig = rig(0.0, SlowThreshold::Off, HoldLimits::default());
+    let rig = rig_with(0.0, SlowThreshold::Off, HoldLimits::default(), keep_parent);
     let (_provider, tracer) = tracer(&rig);
-    let remote = SpanContext::new(
-        trace(7),
-        SpanId::from_bytes(9u64.to_be_bytes()),
-        TraceFlags::SAMPLED,
-        true,
-        TraceState::NONE,
+    for n in 0..5 {
+        let remote = SpanContext::new(
+            trace(100 + n),
+            SpanId::from_bytes(9u64.to_be_bytes()),
+            TraceFlags::SAMPLED,
+            true,
+            state.clone(),
+        );
+        let cx = Context::new().with_remote_span_context(remote);
+        tracer.start_with_context("http.request", &cx).end();
+    }
+    (counted(&rig, "kept", "parent"), exported(&rig).len())
+}
+
+#[test]
+fn what_a_sampled_parent_keeps_depends_on_its_threshold_and_the_mode() {
+    let ten_percent = TraceState::from_key_value([("ot", "th:e666666666666")]).unwrap();
+    let always_on = TraceState::NONE;
+    let full = TraceState::from_key_value([("ot", "th:0")]).unwrap();
+    // An always-on caller flags every request: nothing kept for it.
+    assert_eq!(
+        from_sampled_caller(KeepParent::Threshold, always_on.clone()),
+        (0, 0)
     );
-    let cx = Context::new().with_remote_span_context(remote);
-    tracer.start_with_context("http.request", &cx).end();
-    assert_eq!(counted(&rig, "kept", "parent"), 1);
-    assert_eq!(exported(&rig).len(), 1);
+    assert_eq!(from_sampled_caller(KeepParent::Threshold, full), (0, 0));
+    // A caller that sampled at 10% said so: its traces are kept whole.
+    assert_eq!(
+        from_sampled_caller(KeepParent::Threshold, ten_percent.clone()),
+        (5, 5)
+    );
+    assert_eq!(from_sampled_caller(KeepParent::Always, always_on), (5, 5));
+    assert_eq!(from_sampled_caller(KeepParent::Never, ten_percent), (0, 0));
 }
