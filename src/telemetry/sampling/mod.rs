@@ -415,10 +415,10 @@ impl Offer for State {
 impl SpanProcessor for TailSpans {
     fn on_start(&self, span: &mut Span, cx: &Context) {
         self.0.spans.on_start(span, cx);
-        let parent = cx
-            .has_active_span()
-            .then(|| cx.span().span_context().clone());
-        if parent.as_ref().is_some_and(|p| !p.is_remote()) {
+        let has_parent = cx.has_active_span();
+        let parent_ref = cx.span();
+        let parent = parent_ref.span_context();
+        if has_parent && !parent.is_remote() {
             return;
         }
         // A local root. One of a trace whose root is open here already is
@@ -431,11 +431,12 @@ impl SpanProcessor for TailSpans {
             .table
             .shard(trace)
             .root_started(trace, self.0.table.max_open());
-        let keeps = |p: &opentelemetry::trace::SpanContext| {
-            !fragment && p.is_sampled() && self.0.policy.keep_parent.keeps(p.trace_state())
-        };
-        if let Some(p) = parent.filter(keeps) {
-            self.0.mark(p.trace_id(), |h| h.parent_sampled = true);
+        if has_parent
+            && !fragment
+            && parent.is_sampled()
+            && self.0.policy.keep_parent.keeps(parent.trace_state())
+        {
+            self.0.mark(parent.trace_id(), |h| h.parent_sampled = true);
         }
     }
 
