@@ -124,7 +124,7 @@ pub(crate) struct Roster {
     labels: Vec<[KeyValue; 3]>,
     promotions: Vec<Option<BoundCounter<u64>>>,
     /// Shadow executions running now, and the most that may.
-    pub(crate) pending: Arc<AtomicUsize>,
+    pub(crate) pending: AtomicUsize,
     pub(crate) max_pending: usize,
     /// `ml_shadow_skipped_total`, per model (shadows only).
     skipped: Vec<Option<BoundCounter<u64>>>,
@@ -189,7 +189,7 @@ impl Roster {
             promote,
             role_gauge,
             labels,
-            pending: Arc::new(AtomicUsize::new(0)),
+            pending: AtomicUsize::new(0),
             max_pending,
         };
         for i in 0..roster.models.len() {
@@ -472,10 +472,11 @@ impl Board {
         }
         let measured: Vec<Option<Measured>> =
             windows.iter().map(|w| Measured::of(self.kind, w)).collect();
-        for (i, m) in measured.iter().enumerate() {
-            if let Some(m) = m {
-                self.publish_measured(i, m);
-                self.scores[i].store(m.pessimistic(self.kind).to_bits(), Ordering::Relaxed);
+        // Only the models judged now have new figures.
+        for (i, _) in verdicts {
+            if let Some(m) = measured.get(*i).copied().flatten() {
+                self.publish_measured(*i, &m);
+                self.scores[*i].store(m.pessimistic(self.kind).to_bits(), Ordering::Relaxed);
             }
         }
         let mut champion = self.rank(&measured);

@@ -1,7 +1,7 @@
 //! Stages: a named group of models run in parallel (candidates that compete)
 //! or in sequence (steps whose types change from one to the next).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -470,16 +470,20 @@ where
                 self.roster.skipped(i);
                 continue;
             };
-            let slot = PendingSlot(Arc::clone(pending));
+            let slot = PendingSlot(Arc::clone(&self.roster));
             let model = Arc::clone(model);
             let stage_cx = stage_cx.clone();
             let env = env.clone();
             let input = Arc::clone(input);
-            let roster = Arc::clone(&self.roster);
-            let answer = self.judge.clone().zip(sink.map(|s| s.ticket()));
+            // A ticket only where the answer is judged: it holds the
+            // run's feedback until the shadow is done.
+            let answer = self
+                .judge
+                .clone()
+                .and_then(|read| sink.map(|s| (read, s.ticket())));
             let timeout = self.timeout;
             let shadow = async move {
-                let _slot = slot;
+                let roster = &slot.0;
                 let span = model.shadow_span(stage_cx, &roster.stage);
                 let exec = model
                     .execute(&env, &input, &span, Instant::now(), timeout)
@@ -502,13 +506,13 @@ where
     }
 }
 
-/// A shadow execution's place among the pending ones, given back when the
-/// execution ends (or its task is dropped).
-struct PendingSlot(Arc<AtomicUsize>);
+/// A shadow execution's place among its stage's pending ones, given back
+/// when the execution ends (or its task is dropped).
+struct PendingSlot(Arc<Roster>);
 
 impl Drop for PendingSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
