@@ -495,7 +495,8 @@ where
             drift.observe_input(&input);
         }
         let mut stages = Vec::with_capacity(inner.stages.len());
-        let sink = (inner.judged_shadows && inner.run_store.is_some()).then(ShadowSink::new);
+        // A judged stage implies a run store.
+        let sink = inner.judged_shadows.then(ShadowSink::new);
         let output = inner
             .chain
             .run(&inner.env, sink.as_ref(), input, &mut stages)
