@@ -2,11 +2,14 @@
 //!
 //! Run: `cargo bench --bench service_load` (about 2 minutes on 2 cores).
 //! Options after `--`:
-//! - `--suite telemetry,exporters,realistic,overload,python,store,shadow` (default
-//!   `telemetry,exporters`);
+//! - `--suite telemetry,exporters,realistic,overload,python,store,shadow,peer`
+//!   (default `telemetry,exporters`);
 //! - `--seconds N` measured per round (default 4, after 1 s of warm-up),
 //!   `--rounds N` (default 3), `--connections N` (default 16);
-//! - `--soak`: 60 s rounds, one round each: the long variant;
+//! - `--soak`: instead of the suites, both demo pipelines at once under
+//!   load for minutes with the stack's telemetry settings (`--seconds`
+//!   defaults to 240 there): traces kept by reason against what the
+//!   settings predict, items dropped, memory over time (see `soak.rs`);
 //! - `--only TEXT`: only the variants whose name contains TEXT (to profile
 //!   one with `perf record -p`);
 //! - `--python PATH`: the virtualenv's python for the `python` suite
@@ -20,8 +23,9 @@
 //! keep-alive load generator in this process (as `wrk -c16` would) for the
 //! same time; variants alternate round by round so drift on a shared
 //! machine spreads over all of them, and each figure is the median over
-//! rounds. The OTLP collector is an OTLP/HTTP receiver in this process that
-//! decodes every export request and counts spans and log records.
+//! rounds. The OTLP collector is an OTLP/HTTP and OTLP gRPC receiver in
+//! this process that decodes every export request and counts spans and log
+//! records.
 //!
 //! Suites:
 //! - `telemetry`: off (`OTEL_SDK_DISABLED=true`, `RUST_LOG=off`); JSON logs
@@ -49,6 +53,16 @@
 //! - `python`: the same three-candidate pipeline with fixed results served
 //!   by pipelens (`examples/fixed_three.rs`) and by the seeds' FastAPI stack
 //!   (`bench/python/app.py`), telemetry off and on.
+//! - `peer`: small fraud-scoring work (parse JSON, featurize, three CPU
+//!   models of a few µs, most confident, decide: `fraud.rs`) served by a
+//!   hand-wired axum service (`peer.rs`: tower-http `TraceLayer`, `tracing`
+//!   spans bridged by tracing-opentelemetry to a batch OTLP gRPC exporter,
+//!   opentelemetry-prometheus metrics, a JSON log line per run) and by
+//!   pipelens (`fraud_pipelens.rs`), both exporting over OTLP gRPC to this
+//!   process's collector: telemetry off, keep everything, and 5% of traces
+//!   (head sampling on the peer, tail sampling on pipelens). Both are this
+//!   bench binary re-executed as `service_load --serve-fraud peer|pipelens`
+//!   (`BENCH_ADDR`, `BENCH_TELEMETRY`).
 //!
 //! It prints, per variant: requests/s, p50 and p99 latency, the service's
 //! CPU time per request, peak memory, failed requests and what the collector
@@ -57,13 +71,21 @@
 
 #[path = "service_load/feedback.rs"]
 mod feedback;
+#[path = "service_load/fraud.rs"]
+mod fraud;
+#[path = "service_load/fraud_pipelens.rs"]
+mod fraud_pipelens;
 #[path = "service_load/load.rs"]
 mod load;
+#[path = "service_load/peer.rs"]
+mod peer;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../tests/support/postgres.rs"]
 mod postgres;
 #[path = "service_load/sink.rs"]
 mod sink;
+#[path = "service_load/soak.rs"]
+mod soak;
 #[path = "service_load/target.rs"]
 mod target;
 
@@ -92,6 +114,13 @@ const SHADOW_20MS: &str = "sentiment, 20 ms async shadow";
 const BASELINE: &str = "OTLP export, baseline";
 /// The tail-sampling variant's name, as the issue and README give it.
 const TAIL: &str = "tail sampling: errors, slow, 5%";
+/// The `peer` suite's variants.
+const PEER_OFF: &str = "peer, telemetry off";
+const PEER_ALL: &str = "peer, keep everything";
+const PEER_HEAD: &str = "peer, 5% head sampling";
+const FRAUD_OFF: &str = "pipelens fraud, telemetry off";
+const FRAUD_ALL: &str = "pipelens fraud, keep everything";
+const FRAUD_TAIL: &str = "pipelens fraud, tail 5%";
 
 /// Options from the command line.
 struct Options {
@@ -104,6 +133,8 @@ struct Options {
     /// variant.
     baseline: Option<String>,
     only: Option<String>,
+    /// `--soak`: the long run of both demo pipelines instead of the suites.
+    soak: bool,
 }
 
 impl Options {
@@ -116,7 +147,9 @@ impl Options {
             python: None,
             baseline: None,
             only: None,
+            soak: false,
         };
+        let mut seconds_given = false;
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             let mut value = |flag: &str| args.next().ok_or(format!("{flag} needs a value"));
@@ -125,7 +158,10 @@ impl Options {
                 "--suite" => {
                     options.suites = value("--suite")?.split(',').map(str::to_owned).collect();
                 }
-                "--seconds" => options.seconds = number("--seconds", &value("--seconds")?)?,
+                "--seconds" => {
+                    options.seconds = number("--seconds", &value("--seconds")?)?;
+                    seconds_given = true;
+                }
                 "--rounds" => options.rounds = number("--rounds", &value("--rounds")?)?,
                 "--connections" => {
                     options.connections = number("--connections", &value("--connections")?)?
@@ -133,10 +169,7 @@ impl Options {
                 "--python" => options.python = Some(value("--python")?),
                 "--baseline" => options.baseline = Some(value("--baseline")?),
                 "--only" => options.only = Some(value("--only")?),
-                "--soak" => {
-                    options.seconds = 60;
-                    options.rounds = 1;
-                }
+                "--soak" => options.soak = true,
                 other => return Err(format!("unknown option {other}")),
             }
         }
@@ -149,13 +182,17 @@ impl Options {
                 "python",
                 "store",
                 "shadow",
+                "peer",
             ]
             .contains(&suite.as_str())
             {
                 return Err(format!(
-                    "--suite: unknown suite {suite} (telemetry, exporters, realistic, overload, python, store, shadow)"
+                    "--suite: unknown suite {suite} (telemetry, exporters, realistic, overload, python, store, shadow, peer)"
                 ));
             }
+        }
+        if options.soak && !seconds_given {
+            options.seconds = soak::DEFAULT_SECONDS;
         }
         if options.suites.iter().any(|s| s == "python") && options.python.is_none() {
             return Err("--suite python needs --python PATH (run scripts/bench-vs-python)".into());
@@ -191,6 +228,10 @@ enum Command {
 
     /// The fixed three-candidate pipeline on FastAPI.
     Python,
+    /// The fraud-scoring work on the hand-wired peer (`peer.rs`).
+    FraudPeer,
+    /// The fraud-scoring work on pipelens (`fraud_pipelens.rs`).
+    FraudPipelens,
     /// `serve` of another `pipelens` binary (`--baseline`: an earlier
     /// commit's build), to compare releases side by side.
     Baseline,
@@ -244,6 +285,11 @@ impl Figures {
 }
 
 fn main() {
+    // The `peer` suite's services are this binary re-executed.
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("--serve-fraud") {
+        serve_fraud(args.next().as_deref());
+    }
     let options = match Options::parse() {
         Ok(o) => o,
         Err(e) => {
@@ -253,6 +299,10 @@ fn main() {
     };
     let collector = sink::Collector::start("127.0.0.1:0".parse().expect("addr"))
         .expect("start the OTLP collector");
+    if options.soak {
+        let passed = soak::run(&collector, options.seconds, options.connections);
+        std::process::exit(if passed { 0 } else { 1 });
+    }
     let refused = sink::refusing();
     let blackhole = sink::Blackhole::start().expect("start the blackhole endpoint");
     let otlp = |addr: SocketAddr| {
@@ -425,6 +475,49 @@ fn main() {
             });
         }
     }
+    if has("peer") {
+        // Both export over OTLP gRPC to the collector; the same load.
+        let grpc = |extra: &[(&'static str, &str)]| {
+            let mut env = vec![
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    format!("http://{}", collector.grpc_addr),
+                ),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+            ];
+            env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+            env
+        };
+        let off = vec![("BENCH_TELEMETRY", "off".to_owned())];
+        for (name, command, env) in [
+            (PEER_OFF, Command::FraudPeer, off.clone()),
+            (PEER_ALL, Command::FraudPeer, grpc(&[])),
+            (
+                PEER_HEAD,
+                Command::FraudPeer,
+                grpc(&[
+                    ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                    ("OTEL_TRACES_SAMPLER_ARG", "0.05"),
+                ]),
+            ),
+            (FRAUD_OFF, Command::FraudPipelens, off.clone()),
+            (FRAUD_ALL, Command::FraudPipelens, grpc(&[])),
+            (
+                FRAUD_TAIL,
+                Command::FraudPipelens,
+                grpc(&[("PIPELENS_TRACES_KEEP_RATIO", "0.05")]),
+            ),
+        ] {
+            variants.push(Variant {
+                name,
+                command,
+                env,
+                route: fraud::ROUTE,
+                body: fraud::BODY,
+                connections: None,
+            });
+        }
+    }
 
     if let Some(only) = &options.only {
         variants.retain(|v| v.name.contains(only.as_str()));
@@ -464,6 +557,37 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// `--serve-fraud peer|pipelens`: serves the fraud-scoring work on
+/// `BENCH_ADDR` until SIGTERM, then exits.
+fn serve_fraud(which: Option<&str>) -> ! {
+    let addr = std::env::var("BENCH_ADDR").unwrap_or_default();
+    let Ok(addr) = addr.parse() else {
+        eprintln!("service_load --serve-fraud: invalid BENCH_ADDR={addr:?}");
+        std::process::exit(2);
+    };
+    let telemetry_on = match std::env::var("BENCH_TELEMETRY").as_deref() {
+        Err(_) | Ok("on") => true,
+        Ok("off") => false,
+        Ok(other) => {
+            eprintln!("service_load --serve-fraud: BENCH_TELEMETRY={other:?}: expected on or off");
+            std::process::exit(2);
+        }
+    };
+    let served = match which {
+        Some("peer") => peer::serve(addr, telemetry_on),
+        Some("pipelens") => fraud_pipelens::serve(addr, telemetry_on),
+        other => {
+            eprintln!("service_load --serve-fraud: expected peer or pipelens, got {other:?}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = served {
+        eprintln!("service_load --serve-fraud: {e}");
+        std::process::exit(1);
+    }
+    std::process::exit(0);
 }
 
 /// 500 truths a second for 10 s, posted to a service whose store is
@@ -552,6 +676,24 @@ fn measure(
             let python = options.python.clone().expect("checked in Options::parse");
             let app = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/python/app.py");
             vec![python, app.to_owned()]
+        }
+        Command::FraudPeer | Command::FraudPipelens => {
+            env.push(("BENCH_ADDR".into(), addr.to_string()));
+            // This very binary, even if a rebuild replaced the file since it
+            // started (the link in /proc still reaches its inode).
+            let exe = match std::path::Path::new("/proc/self/exe") {
+                path if path.exists() => path.to_owned(),
+                _ => std::env::current_exe().map_err(|e| e.to_string())?,
+            };
+            let which = match variant.command {
+                Command::FraudPeer => "peer",
+                _ => "pipelens",
+            };
+            vec![
+                exe.display().to_string(),
+                "--serve-fraud".to_owned(),
+                which.to_owned(),
+            ]
         }
     };
     let mut service = Service::start(&Launch { command, env, addr })?;
@@ -764,6 +906,15 @@ fn report(variants: &[Variant], figures: &[Figures], options: &Options) {
             );
         }
     }
+    if let (Some(off), Some(tail)) = (find("telemetry off"), find(TAIL)) {
+        let ratio = tail.throughput() / off.throughput();
+        let added = tail.p99() - off.p99();
+        println!(
+            "Goal: {TAIL} keeps >= 0.72 of telemetry-off throughput with p99 within +1 ms: \
+             {ratio:.2}, p99 {added:+.2} ms ({})",
+            goal(ratio >= 0.72 && added <= 1.0)
+        );
+    }
     if let (Some(now), Some(before)) = (find("OTLP export"), find(BASELINE)) {
         println!(
             "Goal: keep-everything (PIPELENS_TRACES_KEEP_RATIO=1.0, the default) not worse than \
@@ -789,6 +940,17 @@ fn report(variants: &[Variant], figures: &[Figures], options: &Options) {
             tail.throughput() / off.throughput(),
             on.p99() - off.p99(),
             tail.p99() - off.p99(),
+        );
+    }
+    if let (Some(off), Some(tail)) = (
+        find("1 ms models, telemetry off"),
+        find("1 ms models, tail sampling"),
+    ) {
+        let ratio = tail.throughput() / off.throughput();
+        println!(
+            "Goal: 1 ms models, tail sampling keeps >= 0.97 of 1 ms models, telemetry off \
+             throughput: {ratio:.2} ({})",
+            goal(ratio >= 0.97)
         );
     }
     if let Some(healthy) = find("OTLP export") {
@@ -850,6 +1012,74 @@ fn report(variants: &[Variant], figures: &[Figures], options: &Options) {
         println!(
             "Goal: pipelens >= 10x FastAPI throughput per core with full telemetry: {ratio:.1}x ({})",
             goal(ratio >= 10.0)
+        );
+    }
+    peer_report(&find, options);
+}
+
+/// The `peer` suite's side-by-side CPU per request and its two goals.
+fn peer_report<'a>(find: &dyn Fn(&str) -> Option<&'a Figures>, options: &Options) {
+    let rows = [
+        ("telemetry off", PEER_OFF, FRAUD_OFF),
+        ("keep everything", PEER_ALL, FRAUD_ALL),
+        (
+            "5% of traces (peer head, pipelens tail)",
+            PEER_HEAD,
+            FRAUD_TAIL,
+        ),
+    ];
+    if rows
+        .iter()
+        .all(|(_, peer, ours)| find(peer).is_none() && find(ours).is_none())
+    {
+        return;
+    }
+    let cpu = |name: &str| find(name).map_or(f64::NAN, Figures::cpu);
+    let per =
+        |name: &str| find(name).map_or(f64::NAN, |f| f.spans as f64 / f.requests.max(1) as f64);
+    println!();
+    println!(
+        "Fraud scoring, hand-wired peer vs pipelens (CPU µs/request, median of {} rounds):",
+        options.rounds
+    );
+    println!("| telemetry | peer µs/req | pipelens µs/req | pipelens / peer | peer spans/req | pipelens spans/req |");
+    println!("|---|---|---|---|---|---|");
+    // A variant left out by `--only` shows as `-`.
+    let show = |value: f64, digits: usize| {
+        if value.is_finite() {
+            format!("{value:.digits$}")
+        } else {
+            "-".to_owned()
+        }
+    };
+    for (label, peer, ours) in rows {
+        if find(peer).is_none() && find(ours).is_none() {
+            continue;
+        }
+        println!(
+            "| {label} | {} | {} | {} | {} | {} |",
+            show(cpu(peer), 1),
+            show(cpu(ours), 1),
+            show(cpu(ours) / cpu(peer), 2),
+            show(per(peer), 2),
+            show(per(ours), 2),
+        );
+    }
+    let goal = |met: bool| if met { "met" } else { "MISSED" };
+    let sampled = cpu(FRAUD_TAIL) / cpu(PEER_HEAD);
+    if sampled.is_finite() {
+        println!(
+            "Goal: pipelens tail 5% within 1.3x the peer's CPU/request at 5% head sampling: \
+             {sampled:.2}x ({})",
+            goal(sampled <= 1.3)
+        );
+    }
+    let everything = cpu(FRAUD_ALL) / cpu(PEER_ALL);
+    if everything.is_finite() {
+        println!(
+            "Goal: pipelens keep-everything within 1.4x the peer's keep-everything: \
+             {everything:.2}x ({})",
+            goal(everything <= 1.4)
         );
     }
 }

@@ -46,7 +46,8 @@ impl Outcome {
         self.failed.iter().map(|(_, n)| n).sum::<u64>() + self.broken
     }
 
-    fn merge(&mut self, other: Self) {
+    /// Adds `other`'s responses to these (not its elapsed time).
+    pub(crate) fn merge(&mut self, other: Self) {
         self.latencies_us.extend(other.latencies_us);
         self.refused_us.extend(other.refused_us);
         for (code, n) in other.failed {
@@ -68,16 +69,45 @@ pub(crate) async fn run(
     connections: usize,
     duration: Duration,
 ) -> Outcome {
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes();
+    run_from(addr, path, body, connections, duration, Caller::Direct).await
+}
+
+/// Who sends the requests.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// A client without tracing: no `traceparent`.
+    Direct,
+    /// A caller instrumented with an OpenTelemetry SDK and its default
+    /// sampler (always on): every request carries a `traceparent` of a new
+    /// trace, flagged sampled, and no `tracestate`.
+    AlwaysOn,
+}
+
+/// [`run`], with requests sent as `caller` sends them.
+pub(crate) async fn run_from(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+    connections: usize,
+    duration: Duration,
+    caller: Caller,
+) -> Outcome {
+    let request = Request {
+        head: format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\n").into_bytes(),
+        rest: format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+        caller,
+    };
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = (0..connections)
-        .map(|_| tokio::spawn(connection(addr, request.clone(), deadline)))
+        .map(|i| {
+            let request = request.clone();
+            tokio::spawn(connection(addr, request, deadline, i as u64))
+        })
         .collect();
     let mut outcome = Outcome::default();
     for task in tasks {
@@ -87,10 +117,51 @@ pub(crate) async fn run(
     outcome
 }
 
-async fn connection(addr: SocketAddr, request: Vec<u8>, deadline: Instant) -> Outcome {
+/// A request, split where a `traceparent` header goes.
+#[derive(Clone)]
+struct Request {
+    head: Vec<u8>,
+    rest: Vec<u8>,
+    caller: Caller,
+}
+
+impl Request {
+    /// Writes the next request into `out`, with a fresh trace id from
+    /// `random` when the caller traces.
+    fn write(&self, out: &mut Vec<u8>, random: &mut u64) {
+        use std::io::Write as _;
+        out.clear();
+        out.extend_from_slice(&self.head);
+        if self.caller == Caller::AlwaysOn {
+            let (high, low, span) = (next(random), next(random), next(random));
+            // Writing to a Vec cannot fail.
+            let _ = write!(
+                out,
+                "traceparent: 00-{high:016x}{low:016x}-{:016x}-01\r\n",
+                span | 1
+            );
+        }
+        out.extend_from_slice(&self.rest);
+    }
+}
+
+/// xorshift64*: cheap, and random enough for trace ids.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+async fn connection(addr: SocketAddr, request: Request, deadline: Instant, seed: u64) -> Outcome {
     let mut outcome = Outcome::default();
     let mut stream: Option<TcpStream> = None;
     let mut buffer = Vec::with_capacity(4096);
+    let mut bytes = Vec::with_capacity(512);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut random = (nanos ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
     while Instant::now() < deadline {
         let s = match stream.as_mut() {
             Some(s) => s,
@@ -106,8 +177,9 @@ async fn connection(addr: SocketAddr, request: Vec<u8>, deadline: Instant) -> Ou
                 }
             },
         };
+        request.write(&mut bytes, &mut random);
         let sent = Instant::now();
-        let response = exchange(s, &request, &mut buffer).await;
+        let response = exchange(s, &bytes, &mut buffer).await;
         match response {
             Some((status, keep_alive)) => {
                 if (200..300).contains(&status) {

@@ -1,6 +1,7 @@
 //! The OTLP endpoints a load run exports to: a collector that decodes and
-//! counts what it receives, one that refuses connections, and one that
-//! accepts TCP and never answers.
+//! counts what it receives (OTLP/HTTP protobuf on one port, OTLP gRPC on
+//! another), one that refuses connections, and one that accepts TCP and
+//! never answers.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,8 +12,18 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message as _;
 
 /// Items a [`Collector`] has decoded, by signal.
@@ -26,13 +37,17 @@ pub(crate) struct Received {
     pub(crate) malformed: AtomicU64,
 }
 
-/// An OTLP/HTTP protobuf receiver on loopback, on a thread and runtime of
-/// its own, that decodes every export request (as a collector's receiver
-/// does) and counts its items. It keeps nothing else, so memory stays flat
+/// An OTLP receiver on loopback, OTLP/HTTP protobuf on one port and OTLP
+/// gRPC on another, on a thread and runtime of its own, that decodes every
+/// export request (as a collector's receiver does) and counts its items
+/// into the same [`Received`]. It keeps nothing else, so memory stays flat
 /// under any load.
 pub(crate) struct Collector {
-    /// Where it listens (`http://{addr}` is the OTLP endpoint).
+    /// Where it listens for OTLP/HTTP (`http://{addr}` is the OTLP
+    /// endpoint).
     pub(crate) addr: SocketAddr,
+    /// Where it listens for OTLP gRPC (`http://{grpc_addr}`).
+    pub(crate) grpc_addr: SocketAddr,
     /// What it has decoded so far.
     pub(crate) received: Arc<Received>,
 }
@@ -43,6 +58,9 @@ impl Collector {
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let grpc = TcpListener::bind(SocketAddr::new(addr.ip(), 0))?;
+        grpc.set_nonblocking(true)?;
+        let grpc_addr = grpc.local_addr()?;
         let received = Arc::new(Received::default());
         let counts = Arc::clone(&received);
         thread::Builder::new()
@@ -52,9 +70,16 @@ impl Collector {
                     .enable_all()
                     .build()
                     .expect("collector runtime");
-                runtime.block_on(serve(listener, counts));
+                runtime.block_on(async move {
+                    tokio::spawn(serve_grpc(grpc, Arc::clone(&counts)));
+                    serve(listener, counts).await;
+                });
             })?;
-        Ok(Self { addr, received })
+        Ok(Self {
+            addr,
+            grpc_addr,
+            received,
+        })
     }
 
     /// Spans and log records received so far.
@@ -85,6 +110,69 @@ async fn serve(listener: TcpListener, counts: Arc<Received>) {
     }
 }
 
+/// The OTLP gRPC side: the trace and logs services, counting like
+/// [`receive`] does.
+async fn serve_grpc(listener: TcpListener, counts: Arc<Received>) {
+    let listener = tokio::net::TcpListener::from_std(listener).expect("collector gRPC listener");
+    let grpc = Grpc(counts);
+    let served = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(grpc.clone()))
+        .add_service(LogsServiceServer::new(grpc))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .await;
+    if let Err(e) = served {
+        eprintln!("service_load: the OTLP gRPC collector stopped: {e}");
+    }
+}
+
+/// The gRPC services: tonic decodes each request, this counts its items.
+#[derive(Clone)]
+struct Grpc(Arc<Received>);
+
+#[tonic::async_trait]
+impl TraceService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0
+            .spans
+            .fetch_add(span_count(request.get_ref()), Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.0
+            .logs
+            .fetch_add(log_count(request.get_ref()), Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
+fn span_count(request: &ExportTraceServiceRequest) -> u64 {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .map(|ss| ss.spans.len() as u64)
+        .sum()
+}
+
+fn log_count(request: &ExportLogsServiceRequest) -> u64 {
+    request
+        .resource_logs
+        .iter()
+        .flat_map(|rl| &rl.scope_logs)
+        .map(|sl| sl.log_records.len() as u64)
+        .sum()
+}
+
 async fn receive(request: Request<Incoming>, counts: &Received) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_owned();
     let Ok(body) = request.into_body().collect().await.map(|b| b.to_bytes()) else {
@@ -92,22 +180,10 @@ async fn receive(request: Request<Incoming>, counts: &Received) -> Response<Full
     };
     let decoded = match path.as_str() {
         "/v1/traces" => ExportTraceServiceRequest::decode(body).map(|r| {
-            let spans = r
-                .resource_spans
-                .iter()
-                .flat_map(|rs| &rs.scope_spans)
-                .map(|ss| ss.spans.len() as u64)
-                .sum::<u64>();
-            counts.spans.fetch_add(spans, Ordering::Relaxed);
+            counts.spans.fetch_add(span_count(&r), Ordering::Relaxed);
         }),
         "/v1/logs" => ExportLogsServiceRequest::decode(body).map(|r| {
-            let logs = r
-                .resource_logs
-                .iter()
-                .flat_map(|rl| &rl.scope_logs)
-                .map(|sl| sl.log_records.len() as u64)
-                .sum::<u64>();
-            counts.logs.fetch_add(logs, Ordering::Relaxed);
+            counts.logs.fetch_add(log_count(&r), Ordering::Relaxed);
         }),
         _ => return status(StatusCode::NOT_FOUND),
     };

@@ -104,6 +104,17 @@ impl Service {
         self.status_kib("VmHWM:") / 1024.0
     }
 
+    /// Resident memory now, in MiB (`VmRSS`).
+    pub(crate) fn rss_mib(&self) -> f64 {
+        self.status_kib("VmRSS:") / 1024.0
+    }
+
+    /// Resident anonymous memory (heap, stacks) now, in MiB (`RssAnon`):
+    /// what grows when something leaks; file pages come and go.
+    pub(crate) fn rss_anon_mib(&self) -> f64 {
+        self.status_kib("RssAnon:") / 1024.0
+    }
+
     fn status_kib(&self, field: &str) -> f64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .unwrap_or_default()
@@ -193,5 +204,7 @@ pub(crate) fn metric_sum(exposition: &str, metric: &str, labels: &[&str]) -> f64
         })
         .filter(|l| labels.iter().all(|label| l.contains(label)))
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
+        .sum::<f64>()
+        // An empty float sum is -0.0.
+        + 0.0
 }
