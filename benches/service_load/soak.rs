@@ -64,6 +64,7 @@ struct Sample {
     /// that moment (`pipelens_traces_held`, `..._run_store_queue_depth`).
     held: f64,
     queued: f64,
+    threads: f64,
     runs_per_second: [f64; 2],
     p99_ms: [f64; 2],
 }
@@ -135,10 +136,10 @@ fn soak(collector: &Collector, seconds: u64, connections: usize) -> Result<bool,
          traceparent"
     );
     println!(
-        "| at s | RSS MiB | of it anonymous | traces held | store queue | {} runs/s | {} p99 ms | {} runs/s | {} p99 ms |",
+        "| at s | RSS MiB | of it anonymous | threads | traces held | store queue | {} runs/s | {} p99 ms | {} runs/s | {} p99 ms |",
         loads[0].name, loads[0].name, loads[1].name, loads[1].name
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -176,6 +177,7 @@ fn soak(collector: &Collector, seconds: u64, connections: usize) -> Result<bool,
             anon_mib: service.rss_anon_mib(),
             held: f64::NAN,
             queued: f64::NAN,
+            threads: service.threads(),
             runs_per_second: [0.0; 2],
             p99_ms: [0.0; 2],
         };
@@ -188,10 +190,11 @@ fn soak(collector: &Collector, seconds: u64, connections: usize) -> Result<bool,
             loads[i].total.merge(outcome);
         }
         println!(
-            "| {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} |",
+            "| {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} |",
             sample.at.as_secs_f64(),
             sample.rss_mib,
             sample.anon_mib,
+            sample.threads,
             sample.held,
             sample.queued,
             sample.runs_per_second[0],

@@ -101,21 +101,26 @@ impl Service {
 
     /// Peak resident memory so far, in MiB (`VmHWM`).
     pub(crate) fn peak_rss_mib(&self) -> f64 {
-        self.status_kib("VmHWM:") / 1024.0
+        self.status_number("VmHWM:") / 1024.0
     }
 
     /// Resident memory now, in MiB (`VmRSS`).
     pub(crate) fn rss_mib(&self) -> f64 {
-        self.status_kib("VmRSS:") / 1024.0
+        self.status_number("VmRSS:") / 1024.0
     }
 
     /// Resident anonymous memory (heap, stacks) now, in MiB (`RssAnon`):
     /// what grows when something leaks; file pages come and go.
     pub(crate) fn rss_anon_mib(&self) -> f64 {
-        self.status_kib("RssAnon:") / 1024.0
+        self.status_number("RssAnon:") / 1024.0
     }
 
-    fn status_kib(&self, field: &str) -> f64 {
+    /// Threads the process runs now.
+    pub(crate) fn threads(&self) -> f64 {
+        self.status_number("Threads:")
+    }
+
+    fn status_number(&self, field: &str) -> f64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .unwrap_or_default()
             .lines()

@@ -13,10 +13,10 @@ use serde::Serialize;
 use super::error::ApiError;
 use futures_util::future::BoxFuture;
 
-use crate::input::{self, FieldError, InputError};
+use crate::input::{self, FieldError};
 use crate::pipeline::{Answer, LoadError, Pipeline, StageInfo};
 
-type Decode<In> = Box<dyn Fn(serde_json::Value) -> Result<In, ApiError> + Send + Sync>;
+type Decode<In> = Box<dyn Fn(&[u8]) -> Result<In, ApiError> + Send + Sync>;
 type Check<In> = Box<dyn Fn(&In) -> Result<(), FieldError> + Send + Sync>;
 
 /// A pipeline ready to be served at `POST /v1/pipelines/{name}/runs`: how a
@@ -37,7 +37,7 @@ where
     pub fn new(pipeline: Pipeline<In, Out>) -> Self {
         Self {
             pipeline,
-            decode: Box::new(|value| Ok(input::from_value(value)?)),
+            decode: Box::new(|body| Ok(input::decode_json(body)?)),
             checks: Vec::new(),
         }
     }
@@ -61,8 +61,8 @@ where
     {
         Self {
             pipeline,
-            decode: Box::new(move |value| {
-                let request: Req = input::from_value(value)?;
+            decode: Box::new(move |body| {
+                let request: Req = input::decode_json(body)?;
                 convert(request).map_err(ApiError::from)
             }),
             checks: Vec::new(),
@@ -163,9 +163,7 @@ where
 
     fn run(&self, body: Bytes) -> BoxFuture<'_, Result<Response, ApiError>> {
         Box::pin(async move {
-            let value: serde_json::Value = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::from(InputError::Malformed(e.to_string())))?;
-            let input = (self.decode)(value)?;
+            let input = (self.decode)(&body)?;
             for check in &self.checks {
                 check(&input)?;
             }

@@ -34,6 +34,9 @@ pub enum TelemetryError {
     /// A global tracing subscriber is already installed.
     #[error("a global tracing subscriber is already installed: {0}")]
     SubscriberAlreadySet(String),
+    /// The thread that writes log lines to stdout could not start.
+    #[error("cannot start the stdout log writer: {0}")]
+    StdoutWriter(String),
     /// Flushing a provider failed.
     #[error("telemetry flush failed: {0}")]
     Flush(String),

@@ -27,6 +27,7 @@ use super::exemplars;
 use super::json::JsonLayer;
 use super::otlp;
 use super::sampling;
+use super::stdout::{BatchedLines, SharedLines};
 
 /// Targets that must never feed the OTel layers: the exporters' own HTTP and
 /// gRPC stacks and the OTel crates' internal logs would otherwise export
@@ -43,6 +44,8 @@ pub struct Telemetry {
     logger_provider: Option<SdkLoggerProvider>,
     tracing_enabled: bool,
     shut_down: AtomicBool,
+    /// The stdout writer of [`init`], flushed with the rest.
+    lines: Option<Arc<BatchedLines>>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -60,9 +63,35 @@ impl std::fmt::Debug for Telemetry {
 /// trace-context propagator. Must be called inside a tokio runtime when a
 /// gRPC exporter is configured.
 /// Console lines carry ANSI colours only when stdout is a terminal.
+///
+/// Lines reach stdout through a writer thread that takes them in batches
+/// (at most 20 ms after they were logged, and at [`Telemetry::flush`] and
+/// shutdown): a request never waits for stdout, and lines past 4 MiB
+/// waiting (a reader that stopped) are dropped and counted on
+/// `pipelens_log_lines_dropped_total`.
 pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     use std::io::IsTerminal as _;
-    install(config, std::io::stdout, std::io::stdout().is_terminal())
+    let lines =
+        Arc::new(BatchedLines::stdout().map_err(|e| TelemetryError::StdoutWriter(e.to_string()))?);
+    let mut telemetry = install(
+        config,
+        SharedLines(Arc::clone(&lines)),
+        std::io::stdout().is_terminal(),
+    )?;
+    let counted = Arc::downgrade(&lines);
+    let _dropped = telemetry
+        .meter()
+        .u64_observable_counter("pipelens.log.lines.dropped")
+        .with_unit("{line}")
+        .with_description("Log lines dropped because stdout did not take them (4 MiB were waiting)")
+        .with_callback(move |o| {
+            if let Some(lines) = counted.upgrade() {
+                o.observe(lines.dropped(), &[]);
+            }
+        })
+        .build();
+    telemetry.lines = Some(lines);
+    Ok(telemetry)
 }
 
 /// Like [`init`], with log lines written to `writer` instead of stdout (tests
@@ -190,6 +219,7 @@ where
         tracer_provider,
         logger_provider,
         shut_down: AtomicBool::new(false),
+        lines: None,
     })
 }
 
@@ -328,6 +358,9 @@ impl Telemetry {
                 errors.push(format!("logs: {e}"));
             }
         }
+        if let Some(lines) = &self.lines {
+            lines.flush();
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -355,6 +388,9 @@ impl Telemetry {
         }
         if let Err(e) = self.meter_provider.shutdown() {
             errors.push(format!("metrics: {e}"));
+        }
+        if let Some(lines) = &self.lines {
+            lines.flush();
         }
         if errors.is_empty() {
             Ok(())

@@ -15,6 +15,7 @@ mod propagation;
 #[cfg(feature = "otlp")]
 mod queue_gate;
 mod sampling;
+mod stdout;
 
 pub use config::{ConfigError, LogFormat, OtlpTarget, Protocol, SamplerConfig, TelemetryConfig};
 pub use error::TelemetryError;
