@@ -15,8 +15,8 @@
 //! - `--python PATH`: the virtualenv's python for the `python` suite
 //!   (`scripts/bench-vs-python` sets it up and passes it);
 //! - `--baseline PATH`: another build's `pipelens` binary (an earlier
-//!   commit), run as `OTLP export, baseline` and `telemetry off, baseline`
-//!   beside this build's variants.
+//!   commit), run as `OTLP export, baseline`, `telemetry off, baseline` and
+//!   `tail sampling, baseline` beside this build's variants.
 //!
 //! Every variant is a fresh `pipelens serve` process (the ceiling-layout
 //! demo, five models per run) on loopback, driven by a closed-loop
@@ -114,6 +114,8 @@ const SHADOW_20MS: &str = "sentiment, 20 ms async shadow";
 const BASELINE: &str = "OTLP export, baseline";
 /// The tail-sampling variant's name, as the issue and README give it.
 const TAIL: &str = "tail sampling: errors, slow, 5%";
+/// The same on `--baseline`'s binary.
+const TAIL_BASELINE: &str = "tail sampling, baseline";
 /// The `peer` suite's variants.
 const PEER_OFF: &str = "peer, telemetry off";
 const PEER_ALL: &str = "peer, keep everything";
@@ -359,6 +361,10 @@ fn main() {
             variants.push(Variant {
                 command: Command::Baseline,
                 ..ceiling("telemetry off, baseline", off())
+            });
+            variants.push(Variant {
+                command: Command::Baseline,
+                ..ceiling(TAIL_BASELINE, tail(Vec::new()))
             });
         }
     }
