@@ -195,6 +195,13 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_cleanly() {
         },
     )
     .await;
+    // Log lines go to stdout through the batching writer, whose drops are
+    // counted (none: the test reads stdout).
+    let metrics = send(addr, Method::GET, "/metrics", "", &[]).await.body;
+    assert!(
+        metrics.contains("\npipelens_log_lines_dropped_total 0\n"),
+        "{metrics}"
+    );
 
     let pid = libc::pid_t::try_from(child.id()).unwrap();
     // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
