@@ -2,14 +2,15 @@
 //! `traceparent`), the OTel HTTP server metrics, the request timeout, and
 //! logging of service failures inside the request span.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use opentelemetry::metrics::{Histogram, Meter, UpDownCounter};
+use opentelemetry::metrics::{BoundHistogram, Histogram, Meter, UpDownCounter};
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::KeyValue;
@@ -36,6 +37,24 @@ pub(crate) struct HttpLayer {
     duration: Histogram<f64>,
     active: UpDownCounter<i64>,
     timeout: Duration,
+    /// Each answer's series built once: by method and status, then route.
+    answers: Mutex<HashMap<(&'static str, u16), Routes>>,
+}
+
+/// The answers of one method and status, by route.
+type Routes = HashMap<Box<str>, Arc<Answer>>;
+
+/// At most this many (method, status, route) series are remembered; the
+/// sets are bounded (known methods, matched routes, status codes), so this
+/// is a guard: past it, requests record without the cache.
+const MAX_ANSWER_SERIES: usize = 1024;
+
+/// The duration histogram bound to one (method, route, status), and its
+/// exemplar series: building them took label sorting, hashing and a few
+/// allocations per request.
+struct Answer {
+    duration: BoundHistogram<f64>,
+    series: Series,
 }
 
 impl HttpLayer {
@@ -53,7 +72,41 @@ impl HttpLayer {
                 .with_description("Number of active HTTP server requests")
                 .build(),
             timeout,
+            answers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The series of an answer with `status` to `method` on `route` (`""`
+    /// when no route matched), built on first use.
+    fn answer(&self, method: &'static str, route: &str, status: u16) -> Arc<Answer> {
+        let mut answers = self
+            .answers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(a) = answers.get(&(method, status)).and_then(|r| r.get(route)) {
+            return Arc::clone(a);
+        }
+        let mut attrs = Vec::with_capacity(3);
+        attrs.push(KeyValue::new(names::HTTP_REQUEST_METHOD, method));
+        if !route.is_empty() {
+            attrs.push(KeyValue::new(names::HTTP_ROUTE, route.to_owned()));
+        }
+        attrs.push(KeyValue::new(
+            names::HTTP_RESPONSE_STATUS_CODE,
+            i64::from(status),
+        ));
+        let answer = Arc::new(Answer {
+            duration: self.duration.bind(&attrs),
+            series: Series::new(names::PROM_HTTP_SERVER_REQUEST_DURATION, &attrs),
+        });
+        let known: usize = answers.values().map(HashMap::len).sum();
+        if known < MAX_ANSWER_SERIES {
+            answers
+                .entry((method, status))
+                .or_default()
+                .insert(route.into(), Arc::clone(&answer));
+        }
+        answer
     }
 }
 
@@ -176,20 +229,11 @@ pub(crate) async fn observe(
     drop(in_flight);
 
     let status = response.status();
-    let mut attrs = Vec::with_capacity(3);
-    attrs.push(method_attr[0].clone());
-    if let Some(r) = &route {
-        attrs.push(KeyValue::new(names::HTTP_ROUTE, r.clone()));
-    }
-    attrs.push(KeyValue::new(
-        names::HTTP_RESPONSE_STATUS_CODE,
-        i64::from(status.as_u16()),
-    ));
     let seconds = started.elapsed().as_secs_f64();
-    layer.duration.record(seconds, &attrs);
+    let answer = layer.answer(method, route_name, status.as_u16());
+    answer.duration.record(seconds);
     if exemplars::active() {
-        let series = Series::new(names::PROM_HTTP_SERVER_REQUEST_DURATION, &attrs);
-        exemplars::offer(&series, seconds, &span);
+        exemplars::offer(&answer.series, seconds, &span);
     }
 
     span.record("http.response.status_code", status.as_u16());
@@ -236,4 +280,60 @@ fn log_answer(span: &tracing::Span, status: StatusCode, response: &Response, rou
             "request failed"
         ),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_series_is_built_once_and_the_cache_is_bounded() {
+        let (registry, provider) = crate::telemetry::metrics_provider(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("test")
+                .build(),
+        )
+        .unwrap();
+        let layer = HttpLayer::new(
+            &opentelemetry::metrics::MeterProvider::meter(&provider, "test"),
+            Duration::from_secs(1),
+        );
+        let first = layer.answer("POST", "/v1/pipelines/a/runs", 200);
+        assert!(Arc::ptr_eq(
+            &first,
+            &layer.answer("POST", "/v1/pipelines/a/runs", 200)
+        ));
+        assert!(!Arc::ptr_eq(
+            &first,
+            &layer.answer("POST", "/v1/pipelines/a/runs", 422)
+        ));
+        first.duration.record(0.002);
+        layer.answer("GET", "", 404).duration.record(0.001);
+        for i in 0..MAX_ANSWER_SERIES + 10 {
+            layer
+                .answer("GET", &format!("/r{i}"), 200)
+                .duration
+                .record(0.001);
+        }
+        let known: usize = layer
+            .answers
+            .lock()
+            .unwrap()
+            .values()
+            .map(HashMap::len)
+            .sum();
+        assert_eq!(known, MAX_ANSWER_SERIES);
+        let text = crate::telemetry::encode_metrics(&registry);
+        for needle in [
+            r#"http_server_request_duration_seconds_count{http_request_method="POST",http_response_status_code="200",http_route="/v1/pipelines/a/runs""#,
+            r#"http_server_request_duration_seconds_count{http_request_method="GET",http_response_status_code="404""#,
+            // Past the cache's bound, answers are still recorded.
+            &format!(
+                r#"http_server_request_duration_seconds_count{{http_request_method="GET",http_response_status_code="200",http_route="/r{}""#,
+                MAX_ANSWER_SERIES + 9
+            ),
+        ] {
+            assert!(text.contains(needle), "missing {needle}");
+        }
+    }
 }
