@@ -35,7 +35,7 @@ pub(crate) use policy::{Decision, Reason, DECISIONS};
 pub use policy::{HoldLimits, KeepParent, SlowThreshold};
 
 use super::exemplars::{self, Offer, Offered};
-use policy::in_ratio;
+use policy::{in_ratio, in_ratio_of};
 use quantile::Quantiles;
 use table::{Held, Placed, Table};
 
@@ -218,7 +218,11 @@ impl State {
             Decision::kept(Reason::Slow)
         } else if parent {
             Decision::kept(Reason::Parent)
-        } else if in_ratio(root.span_context.trace_id(), self.policy.ratio) {
+        } else if in_ratio_of(
+            root.span_context.trace_id(),
+            root.span_context.trace_state(),
+            self.policy.ratio,
+        ) {
             Decision::kept(Reason::Ratio)
         } else {
             Decision::dropped(Reason::Ratio)

@@ -230,16 +230,47 @@ impl Decision {
 /// process that sees the trace decides the same, and a caller sampling at
 /// a probability of at least `ratio` kept every trace this keeps.
 pub(crate) fn in_ratio(trace_id: TraceId, ratio: f64) -> bool {
+    admits(id_randomness(trace_id), ratio)
+}
+
+/// [`in_ratio`] for a trace whose `tracestate` may carry explicit
+/// randomness (`ot=rv:…`, 14 hex digits), which the specification has a
+/// sampler use instead of the trace id's bits when present: a caller that
+/// sets it (because its trace ids are not random) gets the same decision
+/// here as from its own samplers.
+pub(crate) fn in_ratio_of(trace_id: TraceId, state: &TraceState, ratio: f64) -> bool {
+    admits(
+        explicit_randomness(state).unwrap_or_else(|| id_randomness(trace_id)),
+        ratio,
+    )
+}
+
+/// The low 56 bits of the trace id.
+fn id_randomness(trace_id: TraceId) -> u64 {
+    let bytes = trace_id.to_bytes();
+    let mut low = [0u8; 8];
+    low[1..].copy_from_slice(&bytes[9..16]);
+    u64::from_be_bytes(low)
+}
+
+/// `rv` of the `ot` entry: exactly 14 hex digits, else `None`.
+pub(crate) fn explicit_randomness(state: &TraceState) -> Option<u64> {
+    let ot = state.get("ot")?;
+    let rv = ot.split(';').find_map(|field| field.strip_prefix("rv:"))?;
+    if rv.len() != 14 || !rv.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(rv, 16).ok()
+}
+
+/// Whether randomness R is kept at `ratio`: R >= (1 - ratio) x 2^56.
+fn admits(randomness: u64, ratio: f64) -> bool {
     if ratio >= 1.0 {
         return true;
     }
     if ratio <= 0.0 {
         return false;
     }
-    let bytes = trace_id.to_bytes();
-    let mut low = [0u8; 8];
-    low[1..].copy_from_slice(&bytes[9..16]);
-    let randomness = u64::from_be_bytes(low);
     let threshold = ((1.0 - ratio) * MAX_THRESHOLD as f64).round() as u64;
     randomness >= threshold
 }
@@ -250,6 +281,34 @@ mod tests {
 
     fn state(ot: &str) -> TraceState {
         TraceState::from_key_value([("ot", ot)]).unwrap()
+    }
+
+    #[test]
+    fn explicit_randomness_in_tracestate_decides_instead_of_the_trace_id() {
+        assert_eq!(
+            explicit_randomness(&state("th:c;rv:f0000000000000")),
+            Some(0xf0_0000_0000_0000)
+        );
+        for malformed in ["rv:f", "rv:f00000000000000", "rv:g0000000000000", "th:c"] {
+            assert_eq!(explicit_randomness(&state(malformed)), None, "{malformed}");
+        }
+        // A trace id whose low bits are all zero: never in a 10% share by
+        // itself, always with randomness 0xf0... (above 0.9 x 2^56), and
+        // never with randomness 0x10... (below it).
+        let id = TraceId::from_bytes(
+            [0xab; 8]
+                .into_iter()
+                .chain([0; 8])
+                .collect::<Vec<_>>()
+                .try_into()
+                .unwrap(),
+        );
+        assert!(!in_ratio(id, 0.1));
+        assert!(!in_ratio_of(id, &TraceState::default(), 0.1));
+        assert!(in_ratio_of(id, &state("rv:f0000000000000"), 0.1));
+        assert!(!in_ratio_of(id, &state("rv:10000000000000"), 0.1));
+        // Malformed randomness falls back to the trace id.
+        assert!(!in_ratio_of(id, &state("rv:zz"), 0.1));
     }
 
     #[test]

@@ -377,3 +377,30 @@ fn what_a_sampled_parent_keeps_depends_on_its_threshold_and_the_mode() {
     assert_eq!(from_sampled_caller(KeepParent::Always, always_on), (5, 5));
     assert_eq!(from_sampled_caller(KeepParent::Never, ten_percent), (0, 0));
 }
+
+#[test]
+fn a_callers_explicit_randomness_decides_the_ratio_share() {
+    use opentelemetry::trace::{Span as _, Tracer as _};
+    // An always-on caller (sampled, no threshold), so `parent` keeps
+    // nothing: only the 10% share decides. Randomness 0xf0… is in it
+    // whatever the trace id, 0x10… is not.
+    let kept = |rv: &str| {
+        let rig = rig(0.1, SlowThreshold::Off, HoldLimits::default());
+        let (_provider, tracer) = tracer(&rig);
+        let state = TraceState::from_key_value([("ot", format!("rv:{rv}"))]).unwrap();
+        for n in 0..20 {
+            let remote = SpanContext::new(
+                trace(200 + n),
+                SpanId::from_bytes(9u64.to_be_bytes()),
+                TraceFlags::SAMPLED,
+                true,
+                state.clone(),
+            );
+            let cx = Context::new().with_remote_span_context(remote);
+            tracer.start_with_context("http.request", &cx).end();
+        }
+        counted(&rig, "kept", "ratio")
+    };
+    assert_eq!(kept("f0000000000000"), 20);
+    assert_eq!(kept("10000000000000"), 0);
+}
