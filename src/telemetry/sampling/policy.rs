@@ -53,13 +53,19 @@ const MAX_THRESHOLD: u64 = 1 << 56;
 /// is 0xc0000000000000 (a probability of 1/4). `None` when absent or
 /// malformed.
 pub(crate) fn threshold(state: &TraceState) -> Option<u64> {
-    let ot = state.get("ot")?;
-    let th = ot.split(';').find_map(|field| field.strip_prefix("th:"))?;
-    if th.is_empty() || th.len() > 14 || !th.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
+    let th = ot_hex(state, "th:")?;
     let value = u64::from_str_radix(th, 16).ok()?;
     Some(value << (4 * (14 - th.len())))
+}
+
+/// The value of the `ot` entry's field `key` (`th:`, `rv:`) when it is 1 to
+/// 14 hex digits, as every such field of the specification is.
+fn ot_hex<'a>(state: &'a TraceState, key: &str) -> Option<&'a str> {
+    let ot = state.get("ot")?;
+    let value = ot.split(';').find_map(|field| field.strip_prefix(key))?;
+    let hex =
+        !value.is_empty() && value.len() <= 14 && value.bytes().all(|b| b.is_ascii_hexdigit());
+    hex.then_some(value)
 }
 
 /// When a run counts as slow, and so is kept.
@@ -254,12 +260,8 @@ fn id_randomness(trace_id: TraceId) -> u64 {
 }
 
 /// `rv` of the `ot` entry: exactly 14 hex digits, else `None`.
-pub(crate) fn explicit_randomness(state: &TraceState) -> Option<u64> {
-    let ot = state.get("ot")?;
-    let rv = ot.split(';').find_map(|field| field.strip_prefix("rv:"))?;
-    if rv.len() != 14 || !rv.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
+fn explicit_randomness(state: &TraceState) -> Option<u64> {
+    let rv = ot_hex(state, "rv:").filter(|rv| rv.len() == 14)?;
     u64::from_str_radix(rv, 16).ok()
 }
 
