@@ -48,8 +48,8 @@ struct State {
     closed: bool,
 }
 
-/// Stdout (or any writer) behind a batching thread: give it to the JSON
-/// or console layer as its `MakeWriter`.
+/// Stdout (or any writer) behind a batching thread; the layers write
+/// through a [`SharedLines`] of it.
 pub(crate) struct BatchedLines {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -104,12 +104,13 @@ impl BatchedLines {
                             spare.shrink_to(HIGH_WATER);
                         }
                     }
-                    {
+                    let finished = {
                         let mut state = writer.lock();
                         state.done = state.done.max(asked);
-                    }
+                        closed && state.waiting.is_empty()
+                    };
                     writer.written.notify_all();
-                    if closed && writer.lock().waiting.is_empty() {
+                    if finished {
                         return;
                     }
                 }
@@ -200,14 +201,6 @@ impl Write for Line<'_> {
     }
 }
 
-impl<'a> MakeWriter<'a> for BatchedLines {
-    type Writer = Line<'a>;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        Line(&self.shared)
-    }
-}
-
 /// A shared [`BatchedLines`]: the layer writes through one clone, the
 /// telemetry handle flushes it at shutdown through another.
 #[derive(Debug, Clone)]
@@ -245,7 +238,7 @@ mod tests {
     }
 
     fn line(writer: &BatchedLines, text: &str) {
-        writer.make_writer().write_all(text.as_bytes()).unwrap();
+        Line(&writer.shared).write_all(text.as_bytes()).unwrap();
     }
 
     #[test]
