@@ -92,7 +92,7 @@ mod target;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use target::{free_addr, metric_sum, Launch, Service};
+use target::{free_addr, Launch, Service};
 
 /// The run request every ceiling-layout variant serves.
 const ROOM: &str = r#"{"width": 12, "length": 8, "obstacles": [{"x": 3, "y": 4}]}"#;
@@ -743,24 +743,8 @@ fn measure(
     }
     figures.requests += done;
     let metrics = service.metrics();
-    figures.dropped += metric_sum(
-        &metrics,
-        "otel_sdk_processor_span_processed_total",
-        &["error_type="],
-    ) + metric_sum(
-        &metrics,
-        "otel_sdk_processor_log_processed_total",
-        &["error_type="],
-    );
-    figures.export_failed += metric_sum(
-        &metrics,
-        "otel_sdk_exporter_span_exported_total",
-        &["error_type="],
-    ) + metric_sum(
-        &metrics,
-        "otel_sdk_exporter_log_exported_total",
-        &["error_type="],
-    );
+    figures.dropped += target::items_dropped(&metrics);
+    figures.export_failed += target::export_errors(&metrics);
     figures.stdout_bytes += service.stdout_bytes();
     service.terminate(Duration::from_secs(15));
     let (spans_after, logs_after) = collector.counts();

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crate::load::{self, Caller, Outcome};
 use crate::sink::Collector;
-use crate::target::{free_addr, metric_sum, Launch, Service};
+use crate::target::{export_errors, free_addr, items_dropped, metric_sum, Launch, Service};
 use crate::{CEILING_ROUTE, REVIEW, ROOM, SENTIMENT_ROUTE};
 
 /// How long the soak loads the service unless `--seconds` says otherwise.
@@ -278,24 +278,8 @@ fn soak(collector: &Collector, seconds: u64, connections: usize) -> Result<bool,
     let rest = kept_ratio + dropped_ratio;
     let expected_ratio = KEEP_RATIO * rest;
     let sigma = (rest * KEEP_RATIO * (1.0 - KEEP_RATIO)).sqrt();
-    let queue_full = metric_sum(
-        &metrics,
-        "otel_sdk_processor_span_processed_total",
-        &["error_type=\"queue_full\""],
-    ) + metric_sum(
-        &metrics,
-        "otel_sdk_processor_log_processed_total",
-        &["error_type=\"queue_full\""],
-    );
-    let export_errors = metric_sum(
-        &metrics,
-        "otel_sdk_exporter_span_exported_total",
-        &["error_type="],
-    ) + metric_sum(
-        &metrics,
-        "otel_sdk_exporter_log_exported_total",
-        &["error_type="],
-    );
+    let queue_full = items_dropped(&metrics);
+    let export_failed = export_errors(&metrics);
     // Runs still in flight when the load stopped may be decided or not.
     let in_flight = connections as f64;
 
@@ -360,9 +344,9 @@ fn soak(collector: &Collector, seconds: u64, connections: usize) -> Result<bool,
     );
     check(
         "export errors",
-        export_errors,
+        export_failed,
         "0".to_owned(),
-        export_errors == 0.0,
+        export_failed == 0.0,
     );
     check(
         "failed requests",

@@ -213,3 +213,32 @@ pub(crate) fn metric_sum(exposition: &str, metric: &str, labels: &[&str]) -> f64
         // An empty float sum is -0.0.
         + 0.0
 }
+
+/// Spans and log records the batch processors dropped, in a service's
+/// exposition (`otel_sdk_processor_*_processed_total` with an `error_type`:
+/// `queue_full`, the one reason the queue gate drops for).
+pub(crate) fn items_dropped(exposition: &str) -> f64 {
+    metric_sum(
+        exposition,
+        "otel_sdk_processor_span_processed_total",
+        &["error_type="],
+    ) + metric_sum(
+        exposition,
+        "otel_sdk_processor_log_processed_total",
+        &["error_type="],
+    )
+}
+
+/// Spans and log records lost in failed exports
+/// (`otel_sdk_exporter_*_exported_total` with an `error_type`).
+pub(crate) fn export_errors(exposition: &str) -> f64 {
+    metric_sum(
+        exposition,
+        "otel_sdk_exporter_span_exported_total",
+        &["error_type="],
+    ) + metric_sum(
+        exposition,
+        "otel_sdk_exporter_log_exported_total",
+        &["error_type="],
+    )
+}
