@@ -340,13 +340,15 @@ fn a_fragment_continuing_an_open_run_is_decided_with_the_run() {
 /// Five healthy requests from a caller whose `traceparent` is sampled
 /// (`01`) with `tracestate` `state`, at ratio 0: how many are kept as
 /// `parent` and exported.
-fn from_sampled_caller(keep_parent: KeepParent, state: TraceState) -> (u64, usize) {
+/// Serves `count` requests of a caller that sampled them and sent
+/// `state`, each a trace of its own from `trace(first)` on: a local root
+/// with that remote parent, ended at once.
+fn from_caller(rig: &Rig, first: u64, count: u64, state: &TraceState) {
     use opentelemetry::trace::{Span as _, Tracer as _};
-    let rig = rig_with(0.0, SlowThreshold::Off, HoldLimits::default(), keep_parent);
-    let (_provider, tracer) = tracer(&rig);
-    for n in 0..5 {
+    let (_provider, tracer) = tracer(rig);
+    for n in first..first + count {
         let remote = SpanContext::new(
-            trace(100 + n),
+            trace(n),
             SpanId::from_bytes(9u64.to_be_bytes()),
             TraceFlags::SAMPLED,
             true,
@@ -355,6 +357,11 @@ fn from_sampled_caller(keep_parent: KeepParent, state: TraceState) -> (u64, usiz
         let cx = Context::new().with_remote_span_context(remote);
         tracer.start_with_context("http.request", &cx).end();
     }
+}
+
+fn from_sampled_caller(keep_parent: KeepParent, state: TraceState) -> (u64, usize) {
+    let rig = rig_with(0.0, SlowThreshold::Off, HoldLimits::default(), keep_parent);
+    from_caller(&rig, 100, 5, &state);
     (counted(&rig, "kept", "parent"), exported(&rig).len())
 }
 
@@ -380,25 +387,13 @@ fn what_a_sampled_parent_keeps_depends_on_its_threshold_and_the_mode() {
 
 #[test]
 fn a_callers_explicit_randomness_decides_the_ratio_share() {
-    use opentelemetry::trace::{Span as _, Tracer as _};
     // An always-on caller (sampled, no threshold), so `parent` keeps
     // nothing: only the 10% share decides. Randomness 0xf0… is in it
     // whatever the trace id, 0x10… is not.
     let kept = |rv: &str| {
         let rig = rig(0.1, SlowThreshold::Off, HoldLimits::default());
-        let (_provider, tracer) = tracer(&rig);
         let state = TraceState::from_key_value([("ot", format!("rv:{rv}"))]).unwrap();
-        for n in 0..20 {
-            let remote = SpanContext::new(
-                trace(200 + n),
-                SpanId::from_bytes(9u64.to_be_bytes()),
-                TraceFlags::SAMPLED,
-                true,
-                state.clone(),
-            );
-            let cx = Context::new().with_remote_span_context(remote);
-            tracer.start_with_context("http.request", &cx).end();
-        }
+        from_caller(&rig, 200, 20, &state);
         counted(&rig, "kept", "ratio")
     };
     assert_eq!(kept("f0000000000000"), 20);
