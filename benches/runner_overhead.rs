@@ -14,7 +14,10 @@
 //!   these models take microseconds, so after their first execution they
 //!   run in place like `Inline`;
 //! - `instrumented/offload`: the same with `Execution::Offload` (each model on
-//!   tokio's blocking pool), which adds a thread hop per model.
+//!   tokio's blocking pool), which adds a thread hop per model;
+//! - `bare/auto`: `Pipeline::run` with telemetry off (no subscriber, a
+//!   no-op meter): what the runner itself costs — futures, timing, the
+//!   report — without spans, metrics or logs.
 //!
 //! After criterion's figures it prints the added time per model execution,
 //! measured side by side (interleaved batches) in the same process.
@@ -93,6 +96,7 @@ struct Setup {
     inline: Pipeline<Layout, Layout>,
     auto: Pipeline<Layout, Layout>,
     offload: Pipeline<Layout, Layout>,
+    bare: Pipeline<Layout, Layout>,
     _telemetry: Arc<telemetry::Telemetry>,
 }
 
@@ -114,6 +118,13 @@ fn setup() -> Setup {
         inline: pipeline(meter.clone(), Execution::Inline),
         auto: pipeline(meter.clone(), Execution::Auto),
         offload: pipeline(meter, Execution::Offload),
+        bare: pipeline(
+            opentelemetry::metrics::MeterProvider::meter(
+                &opentelemetry::metrics::NoopMeterProvider::new(),
+                "bare",
+            ),
+            Execution::Auto,
+        ),
         runtime,
         _telemetry: telemetry,
     }
@@ -149,7 +160,16 @@ fn bench(c: &mut Criterion, s: &Setup) {
                 .expect("run")
         })
     });
+    group.bench_function("bare/auto", |b| {
+        b.iter(|| without_telemetry(|| s.runtime.block_on(s.bare.run(black_box(input.clone())))))
+    });
     group.finish();
+}
+
+/// Runs `f` with no subscriber on this thread, as a service without
+/// telemetry runs (`block_on` polls on the calling thread).
+fn without_telemetry<T>(f: impl FnOnce() -> T) -> T {
+    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), f)
 }
 
 /// Mean time of one call of `f` over `n` calls.
@@ -165,7 +185,8 @@ fn mean(n: u32, mut f: impl FnMut()) -> Duration {
 /// model execution, so the figures share the machine's state.
 fn side_by_side(s: &Setup) {
     let input = room();
-    let (mut d, mut i, mut a, mut o) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut d, mut i, mut a, mut o, mut b) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..15 {
         d.push(mean(400, || {
             s.runtime.block_on(async {
@@ -181,16 +202,22 @@ fn side_by_side(s: &Setup) {
         o.push(mean(400, || {
             black_box(s.runtime.block_on(s.offload.run(input.clone())).ok());
         }));
+        b.push(without_telemetry(|| {
+            mean(400, || {
+                black_box(s.runtime.block_on(s.bare.run(input.clone())).ok());
+            })
+        }));
     }
     let median = |v: &mut Vec<Duration>| {
         v.sort();
         v[v.len() / 2]
     };
-    let (d, i, a, o) = (
+    let (d, i, a, o, b) = (
         median(&mut d),
         median(&mut i),
         median(&mut a),
         median(&mut o),
+        median(&mut b),
     );
     let per_model = |x: Duration| (x.as_secs_f64() - d.as_secs_f64()) / MODELS_PER_RUN * 1e6;
     println!("\nside by side (median of 15 interleaved batches of 400 runs, 5 model executions per run):");
@@ -215,6 +242,12 @@ fn side_by_side(s: &Setup) {
         o.as_secs_f64() * 1e6,
         o.as_secs_f64() / d.as_secs_f64(),
         per_model(o)
+    );
+    println!(
+        "  bare/auto            {:>9.2} µs/run  ({:.2}× direct)  added per model execution: {:.2} µs",
+        b.as_secs_f64() * 1e6,
+        b.as_secs_f64() / d.as_secs_f64(),
+        per_model(b)
     );
 }
 

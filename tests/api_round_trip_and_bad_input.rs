@@ -82,6 +82,49 @@ async fn a_room_comes_back_planned_with_its_report() {
 }
 
 #[tokio::test]
+async fn prefer_return_minimal_answers_the_output_without_the_stages() {
+    let (addr, _provider) = service().await;
+    let room = r#"{"width": 12, "length": 8, "obstacles": [{"x": 3, "y": 4}]}"#;
+    let full = post_room(addr, room, &[]).await;
+    let minimal = post_room(addr, room, &[("prefer", "return=minimal")]).await;
+    assert_eq!(minimal.status, StatusCode::OK, "{}", minimal.body);
+    assert_eq!(minimal.headers["preference-applied"], "return=minimal");
+    assert_eq!(minimal.headers["content-type"], "application/json");
+    assert!(full.headers.get("preference-applied").is_none());
+    let (full, minimal_body) = (full.json(), minimal.json());
+    let mut keys: Vec<&str> = minimal_body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "duration_seconds",
+            "output",
+            "pipeline",
+            "run_id",
+            "trace_id"
+        ]
+    );
+    assert_eq!(minimal_body["pipeline"], "ceiling-layout");
+    assert_eq!(minimal_body["run_id"].as_str().unwrap().len(), 32);
+    assert_ne!(minimal_body["run_id"], full["run_id"]);
+    assert!(minimal_body["duration_seconds"].as_f64().unwrap() > 0.0);
+    // The same room is planned the same way whatever the answer's detail.
+    assert_eq!(minimal_body["output"], full["output"]);
+    assert!(minimal.body.len() < full.to_string().len());
+
+    // An error is answered the same with or without the preference.
+    let bad = post_room(addr, r#"{"width": 12}"#, &[("prefer", "return=minimal")]).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
+    assert_eq!(bad.json()["error"]["field"], "length");
+    assert!(bad.headers.get("preference-applied").is_none());
+}
+
+#[tokio::test]
 async fn bad_input_gets_a_4xx_naming_the_field() {
     let (addr, _provider) = service().await;
     // (body, status, error code, field)

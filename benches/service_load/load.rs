@@ -60,16 +60,34 @@ impl Outcome {
     }
 }
 
-/// Sends `body` as `POST path` over `connections` keep-alive connections
-/// for `duration`, on the calling thread's runtime.
+/// Sends `body` as `POST path` with `headers` (lines ending in CRLF) over
+/// `connections` keep-alive connections for `duration`, on the calling
+/// thread's runtime.
 pub(crate) async fn run(
     addr: SocketAddr,
     path: &str,
+    headers: &str,
     body: &str,
     connections: usize,
     duration: Duration,
 ) -> Outcome {
-    run_from(addr, path, body, connections, duration, Caller::Direct).await
+    let target = Target {
+        path,
+        headers,
+        body,
+    };
+    run_from(addr, target, connections, duration, Caller::Direct).await
+}
+
+/// What each request asks for.
+#[derive(Clone, Copy)]
+pub(crate) struct Target<'a> {
+    /// The route.
+    pub(crate) path: &'a str,
+    /// Header lines beside the content type, each ending in CRLF.
+    pub(crate) headers: &'a str,
+    /// The JSON body.
+    pub(crate) body: &'a str,
 }
 
 /// Who sends the requests.
@@ -86,16 +104,20 @@ pub(crate) enum Caller {
 /// [`run`], with requests sent as `caller` sends them.
 pub(crate) async fn run_from(
     addr: SocketAddr,
-    path: &str,
-    body: &str,
+    target: Target<'_>,
     connections: usize,
     duration: Duration,
     caller: Caller,
 ) -> Outcome {
+    let Target {
+        path,
+        headers,
+        body,
+    } = target;
     let request = Request {
         head: format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\n").into_bytes(),
         rest: format!(
-            "content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            "{headers}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         )
         .into_bytes(),

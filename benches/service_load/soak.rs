@@ -155,16 +155,22 @@ fn soak(collector: &Collector, seconds: u64, connections: usize) -> Result<bool,
             tokio::join!(
                 load::run_from(
                     addr,
-                    loads[0].route,
-                    loads[0].body,
+                    load::Target {
+                        path: loads[0].route,
+                        headers: "",
+                        body: loads[0].body,
+                    },
                     per_load,
                     length,
                     loads[0].caller
                 ),
                 load::run_from(
                     addr,
-                    loads[1].route,
-                    loads[1].body,
+                    load::Target {
+                        path: loads[1].route,
+                        headers: "",
+                        body: loads[1].body,
+                    },
                     per_load,
                     length,
                     loads[1].caller

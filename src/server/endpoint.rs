@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::respond::{Answers, Detail};
 use futures_util::future::BoxFuture;
 
 use crate::input::{self, FieldError};
@@ -26,6 +27,7 @@ pub struct Served<In, Out> {
     pipeline: Pipeline<In, Out>,
     decode: Decode<In>,
     checks: Vec<Check<In>>,
+    answers: Answers,
 }
 
 impl<In, Out> Served<In, Out>
@@ -39,6 +41,7 @@ where
             pipeline,
             decode: Box::new(|body| Ok(input::decode_json(body)?)),
             checks: Vec::new(),
+            answers: Answers::default(),
         }
     }
 }
@@ -66,6 +69,7 @@ where
                 convert(request).map_err(ApiError::from)
             }),
             checks: Vec::new(),
+            answers: Answers::default(),
         }
     }
 
@@ -97,8 +101,9 @@ pub(crate) trait Endpoint: Send + Sync {
     fn stages(&self) -> Vec<StageInfo>;
     fn is_loaded(&self) -> bool;
     fn load_missing(&self) -> BoxFuture<'_, Result<(), LoadError>>;
-    /// Decodes and validates `body`, runs the pipeline, and answers.
-    fn run(&self, body: Bytes) -> BoxFuture<'_, Result<Response, ApiError>>;
+    /// Decodes and validates `body`, runs the pipeline, and answers in the
+    /// `detail` the caller asked for.
+    fn run(&self, body: Bytes, detail: Detail) -> BoxFuture<'_, Result<Response, ApiError>>;
     /// Records the ground truth in `body` for run `run_id`.
     fn feedback<'a>(
         &'a self,
@@ -161,14 +166,15 @@ where
         Box::pin(self.pipeline.load_missing())
     }
 
-    fn run(&self, body: Bytes) -> BoxFuture<'_, Result<Response, ApiError>> {
+    fn run(&self, body: Bytes, detail: Detail) -> BoxFuture<'_, Result<Response, ApiError>> {
         Box::pin(async move {
             let input = (self.decode)(&body)?;
+            drop(body);
             for check in &self.checks {
                 check(&input)?;
             }
             let report = self.pipeline.run(input).await?;
-            Ok((StatusCode::OK, Json(report)).into_response())
+            self.answers.run(&report, detail)
         })
     }
 

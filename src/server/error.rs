@@ -106,6 +106,13 @@ pub enum ApiError {
     /// answer (503 with `Retry-After`: the run may exist).
     #[error(transparent)]
     Feedback(#[from] FeedbackError),
+    /// The run succeeded but its report or output could not be written as
+    /// JSON (a map with non-string keys, a failing `Serialize` impl).
+    #[error("the run's answer could not be written as JSON: {message}")]
+    Unserializable {
+        /// serde_json's message.
+        message: String,
+    },
 }
 
 impl ApiError {
@@ -116,7 +123,9 @@ impl ApiError {
             Self::InvalidField { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Body { status, .. } => *status,
-            Self::PipelineFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::PipelineFailed(_) | Self::Unserializable { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             Self::Timeout(_) | Self::Unavailable(_) | Self::Overloaded { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -143,6 +152,7 @@ impl ApiError {
             }
             Self::Body { .. } => "unreadable_body",
             Self::PipelineFailed(_) => "pipeline_failed",
+            Self::Unserializable { .. } => "unserializable_output",
             Self::Timeout(_) => "request_timeout",
             Self::Unavailable(_) => "unavailable",
             Self::Overloaded { .. } => "overloaded",

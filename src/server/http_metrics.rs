@@ -3,14 +3,14 @@
 //! logging of service failures inside the request span.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use opentelemetry::metrics::{BoundHistogram, Histogram, Meter, UpDownCounter};
+use opentelemetry::metrics::{BoundHistogram, BoundUpDownCounter, Histogram, Meter, UpDownCounter};
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::KeyValue;
@@ -36,6 +36,9 @@ const INFRA_ROUTES: [&str; 3] = ["/metrics", "/health", "/ready"];
 pub(crate) struct HttpLayer {
     duration: Histogram<f64>,
     active: UpDownCounter<i64>,
+    /// `active` bound to each method of [`METHODS`] on its first request
+    /// (a series appears once its method has been seen).
+    active_by_method: [OnceLock<BoundUpDownCounter<i64>>; METHODS.len()],
     timeout: Duration,
     /// Each answer's series built once: by method and status, then route.
     answers: Mutex<HashMap<(&'static str, u16), Routes>>,
@@ -71,9 +74,18 @@ impl HttpLayer {
                 .with_unit("{request}")
                 .with_description("Number of active HTTP server requests")
                 .build(),
+            active_by_method: Default::default(),
             timeout,
             answers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The in-flight gauge of the method at `index` in [`METHODS`].
+    fn active(&self, index: usize) -> &BoundUpDownCounter<i64> {
+        self.active_by_method[index].get_or_init(|| {
+            self.active
+                .bind(&[KeyValue::new(names::HTTP_REQUEST_METHOD, METHODS[index])])
+        })
     }
 
     /// The series of an answer with `status` to `method` on `route` (`""`
@@ -110,19 +122,24 @@ impl HttpLayer {
     }
 }
 
-/// The method as a bounded label value: known methods, else `_OTHER`.
-fn method_label(method: &Method) -> &'static str {
+/// The method label values: the known methods, then `_OTHER`.
+const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE", "CONNECT", "_OTHER",
+];
+
+/// The method's position in [`METHODS`]: a bounded label value.
+fn method_index(method: &Method) -> usize {
     match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        Method::TRACE => "TRACE",
-        Method::CONNECT => "CONNECT",
-        _ => "_OTHER",
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::HEAD => 4,
+        Method::OPTIONS => 5,
+        Method::PATCH => 6,
+        Method::TRACE => 7,
+        Method::CONNECT => 8,
+        _ => 9,
     }
 }
 
@@ -140,14 +157,11 @@ impl Extractor for HeaderExtractor<'_> {
 
 /// Decrements the in-flight gauge even when the client goes away and the
 /// request future is dropped.
-struct InFlight<'a> {
-    counter: &'a UpDownCounter<i64>,
-    attrs: [KeyValue; 1],
-}
+struct InFlight<'a>(&'a BoundUpDownCounter<i64>);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.counter.add(-1, &self.attrs);
+        self.0.add(-1);
     }
 }
 
@@ -177,20 +191,14 @@ pub(crate) async fn observe(
     request: Request,
     next: Next,
 ) -> Response {
-    let method = method_label(request.method());
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
-    let route_name = route.as_deref().unwrap_or("");
-    let span_name = match &route {
-        Some(r) => format!("{method} {r}"),
-        None => method.to_owned(),
-    };
+    let method_at = method_index(request.method());
+    let method = METHODS[method_at];
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route_name = route.as_ref().map_or("", MatchedPath::as_str);
     let span = if INFRA_ROUTES.contains(&route_name) {
         tracing::debug_span!(
             "http.request",
-            otel.name = %span_name,
+            otel.name = field::Empty,
             otel.kind = "server",
             http.request.method = method,
             http.route = route_name,
@@ -200,7 +208,7 @@ pub(crate) async fn observe(
     } else {
         tracing::info_span!(
             "http.request",
-            otel.name = %span_name,
+            otel.name = field::Empty,
             otel.kind = "server",
             http.request.method = method,
             http.route = route_name,
@@ -208,17 +216,21 @@ pub(crate) async fn observe(
             otel.status_code = field::Empty,
         )
     };
+    // The name is built only for a span that is recorded.
+    if !span.is_disabled() {
+        match &route {
+            Some(r) => span.record("otel.name", format!("{method} {}", r.as_str()).as_str()),
+            None => span.record("otel.name", method),
+        };
+    }
     let parent = opentelemetry::global::get_text_map_propagator(|p| {
         p.extract(&HeaderExtractor(request.headers()))
     });
     let _ = span.set_parent(parent);
 
-    let method_attr = [KeyValue::new(names::HTTP_REQUEST_METHOD, method)];
-    layer.active.add(1, &method_attr);
-    let in_flight = InFlight {
-        counter: &layer.active,
-        attrs: method_attr.clone(),
-    };
+    let active = layer.active(method_at);
+    active.add(1);
+    let in_flight = InFlight(active);
     let started = Instant::now();
     let mut response =
         match tokio::time::timeout(layer.timeout, next.run(request).instrument(span.clone())).await

@@ -13,6 +13,7 @@ mod auth;
 mod endpoint;
 mod error;
 mod http_metrics;
+mod respond;
 mod routes;
 
 use std::future::Future;

@@ -4,8 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest as _, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,6 +12,7 @@ use serde_json::json;
 
 use super::endpoint::Endpoint;
 use super::error::{ApiError, Expected};
+use super::respond::Detail;
 use super::AppState;
 use crate::telemetry::{
     encode_metrics, encode_openmetrics, wants_openmetrics, METRICS_CONTENT_TYPE,
@@ -33,25 +33,29 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// `POST /v1/pipelines/{name}/runs` of a served pipeline: decodes and
-/// validates the body, runs the pipeline and returns its report.
+/// validates the body, runs the pipeline and returns its report (or, with
+/// `Prefer: return=minimal`, its summary).
 pub(crate) async fn create_run(
     State(endpoint): State<Arc<dyn Endpoint>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    endpoint.run(json_body(&headers, body)?).await
+    let detail = Detail::of(request.headers());
+    endpoint.run(json_body(request).await?, detail).await
 }
 
 /// A JSON request's body, or why it cannot be read: 415 for another
-/// content type, the body rejection's own status (413, 400) otherwise.
-fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    if !is_json(headers) {
+/// content type (before the body is read), the body rejection's own status
+/// (413, 400) otherwise. The headers are read in place, not copied.
+async fn json_body(request: Request) -> Result<Bytes, ApiError> {
+    if !is_json(request.headers()) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    body.map_err(|e| ApiError::Body {
-        status: e.status(),
-        message: e.body_text(),
-    })
+    Bytes::from_request(request, &())
+        .await
+        .map_err(|e| ApiError::Body {
+            status: e.status(),
+            message: e.body_text(),
+        })
 }
 
 /// `POST /v1/pipelines/{name}/runs/{run_id}/feedback` of a served
@@ -59,10 +63,9 @@ fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result
 pub(crate) async fn create_feedback(
     State(endpoint): State<Arc<dyn Endpoint>>,
     Path(run_id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let body = json_body(&headers, body)?;
+    let body = json_body(request).await?;
     endpoint.feedback(&run_id, &body).await
 }
 
