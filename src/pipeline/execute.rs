@@ -196,7 +196,6 @@ impl<In: Send + Sync + 'static, Out: Send + 'static> BoundModel<In, Out> {
         exec: Exec<Out>,
         timeout: Option<Duration>,
     ) -> Ran<Out> {
-        let _entered = span.enter();
         let (outcome, duration, result) = match exec {
             Exec::Done(Ok(prediction), d) => (Outcome::Success, d, Ok(prediction)),
             Exec::Done(Err(e), d) => (Outcome::Error, d, Err((e.error_type(), e.to_string()))),
@@ -230,12 +229,19 @@ impl<In: Send + Sync + 'static, Out: Send + 'static> BoundModel<In, Out> {
         match result {
             Ok(mut prediction) if self.state.kind == ModelKind::Step => {
                 record_success(span, outcome.as_str(), None, 0);
-                tracing::debug!(
-                    stage.name = stage,
-                    model.name = name,
-                    duration_ms = seconds * 1e3,
-                    "step completed"
-                );
+                // Events are logged inside the span, for their trace ids;
+                // entering it costs a call per layer, so only for a line
+                // that is written.
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    span.in_scope(|| {
+                        tracing::debug!(
+                            stage.name = stage,
+                            model.name = name,
+                            duration_ms = seconds * 1e3,
+                            "step completed"
+                        );
+                    });
+                }
                 let components = std::mem::take(&mut prediction.components);
                 Ran {
                     report: report(None, components, None),
@@ -253,23 +259,27 @@ impl<In: Send + Sync + 'static, Out: Send + 'static> BoundModel<In, Out> {
                 }
                 record_success(span, outcome.as_str(), Some(confidence), total);
                 if confidence < LOW_CONFIDENCE {
-                    tracing::warn!(
-                        stage.name = stage,
-                        model.name = name,
-                        model.confidence = confidence,
-                        model.components = total,
-                        duration_ms = seconds * 1e3,
-                        "model completed with low confidence"
-                    );
-                } else {
-                    tracing::debug!(
-                        stage.name = stage,
-                        model.name = name,
-                        model.confidence = confidence,
-                        model.components = total,
-                        duration_ms = seconds * 1e3,
-                        "model completed"
-                    );
+                    span.in_scope(|| {
+                        tracing::warn!(
+                            stage.name = stage,
+                            model.name = name,
+                            model.confidence = confidence,
+                            model.components = total,
+                            duration_ms = seconds * 1e3,
+                            "model completed with low confidence"
+                        );
+                    });
+                } else if tracing::enabled!(tracing::Level::DEBUG) {
+                    span.in_scope(|| {
+                        tracing::debug!(
+                            stage.name = stage,
+                            model.name = name,
+                            model.confidence = confidence,
+                            model.components = total,
+                            duration_ms = seconds * 1e3,
+                            "model completed"
+                        );
+                    });
                 }
                 let components = std::mem::take(&mut prediction.components);
                 Ran {
@@ -283,15 +293,17 @@ impl<In: Send + Sync + 'static, Out: Send + 'static> BoundModel<In, Out> {
                 // An outcome, not a failure of the service: the other
                 // candidates may still serve; a run with no survivor gets
                 // its one ERROR line, `pipeline failed`, from the runner.
-                tracing::warn!(
-                    stage.name = stage,
-                    model.name = name,
-                    model.outcome = outcome.as_str(),
-                    error.type = error_type,
-                    error.message = message.as_str(),
-                    duration_ms = seconds * 1e3,
-                    "model failed"
-                );
+                span.in_scope(|| {
+                    tracing::warn!(
+                        stage.name = stage,
+                        model.name = name,
+                        model.outcome = outcome.as_str(),
+                        error.type = error_type,
+                        error.message = message.as_str(),
+                        duration_ms = seconds * 1e3,
+                        "model failed"
+                    );
+                });
                 Ran {
                     report: report(None, Vec::<Component>::new(), Some(message)),
                     prediction: None,

@@ -568,19 +568,21 @@ where
             if let Some((index, prediction)) = &chosen {
                 let model = &self.models[*index];
                 model.metrics.selected();
-                span.in_scope(|| {
-                    tracing::debug!(
-                        stage.name = self.name.as_str(),
-                        model.name = model.name(),
-                        model.confidence = prediction.confidence,
-                        candidates = serving.len(),
-                        survivors = models
-                            .iter()
-                            .filter(|r| r.outcome == Outcome::Success)
-                            .count(),
-                        "model selected"
-                    );
-                });
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    span.in_scope(|| {
+                        tracing::debug!(
+                            stage.name = self.name.as_str(),
+                            model.name = model.name(),
+                            model.confidence = prediction.confidence,
+                            candidates = serving.len(),
+                            survivors = models
+                                .iter()
+                                .filter(|r| r.outcome == Outcome::Success)
+                                .count(),
+                            "model selected"
+                        );
+                    });
+                }
             }
             if serving.len() < self.models.len() {
                 self.start_shadows(env, &span, &input, sink);

@@ -2,6 +2,7 @@
 //! `traceparent`), the OTel HTTP server metrics, the request timeout, and
 //! logging of service failures inside the request span.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use opentelemetry::metrics::{BoundHistogram, BoundUpDownCounter, Histogram, Mete
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::KeyValue;
+use tracing::level_filters::LevelFilter;
 use tracing::{field, Instrument};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -195,10 +197,17 @@ pub(crate) async fn observe(
     let method = METHODS[method_at];
     let route = request.extensions().get::<MatchedPath>().cloned();
     let route_name = route.as_ref().map_or("", MatchedPath::as_str);
+    // The span's name is built only when a subscriber may record it (the
+    // max level is OFF without one).
+    let span_name: Cow<'_, str> = match &route {
+        _ if LevelFilter::current() == LevelFilter::OFF => Cow::Borrowed(""),
+        Some(r) => Cow::Owned(format!("{method} {}", r.as_str())),
+        None => Cow::Borrowed(method),
+    };
     let span = if INFRA_ROUTES.contains(&route_name) {
         tracing::debug_span!(
             "http.request",
-            otel.name = field::Empty,
+            otel.name = &*span_name,
             otel.kind = "server",
             http.request.method = method,
             http.route = route_name,
@@ -208,7 +217,7 @@ pub(crate) async fn observe(
     } else {
         tracing::info_span!(
             "http.request",
-            otel.name = field::Empty,
+            otel.name = &*span_name,
             otel.kind = "server",
             http.request.method = method,
             http.route = route_name,
@@ -216,13 +225,6 @@ pub(crate) async fn observe(
             otel.status_code = field::Empty,
         )
     };
-    // The name is built only for a span that is recorded.
-    if !span.is_disabled() {
-        match &route {
-            Some(r) => span.record("otel.name", format!("{method} {}", r.as_str()).as_str()),
-            None => span.record("otel.name", method),
-        };
-    }
     let parent = opentelemetry::global::get_text_map_propagator(|p| {
         p.extract(&HeaderExtractor(request.headers()))
     });

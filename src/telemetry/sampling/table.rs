@@ -72,13 +72,18 @@ impl Held {
 }
 
 /// One shard: held traces and remembered decisions.
+/// A map keyed by trace id. Trace ids come from callers, so the hash is
+/// seeded per process (foldhash), not the identity; it is several times
+/// cheaper than the standard SipHash on a 16-byte key.
+type ByTrace<V> = HashMap<TraceId, V, foldhash::fast::RandomState>;
+
 #[derive(Debug)]
 pub(crate) struct Shard {
-    pub(crate) held: HashMap<TraceId, Held>,
+    pub(crate) held: ByTrace<Held>,
     /// Local roots started and not ended, per trace: a second one is a
     /// fragment of the first (an in-process endpoint the run called).
-    open: HashMap<TraceId, u32>,
-    decided: HashMap<TraceId, bool>,
+    open: ByTrace<u32>,
+    decided: ByTrace<bool>,
     order: VecDeque<TraceId>,
     last_sweep: Instant,
 }
@@ -175,9 +180,9 @@ impl Table {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
-                        held: HashMap::new(),
-                        open: HashMap::new(),
-                        decided: HashMap::new(),
+                        held: ByTrace::default(),
+                        open: ByTrace::default(),
+                        decided: ByTrace::default(),
                         order: VecDeque::new(),
                         last_sweep: now,
                     })
