@@ -102,11 +102,10 @@ impl<In: Send + Sync + 'static, Out: Send + 'static> BoundModel<In, Out> {
                 return Exec::Done(Err(e), Duration::ZERO);
             }
         }
-        let runtime = tokio::runtime::Handle::try_current().ok();
         match &self.call {
             Call::Sync(model) => {
                 let exec = self
-                    .execute_sync(model, env, input, span, start, timeout, runtime)
+                    .execute_sync(model, env, input, span, start, timeout)
                     .await;
                 let (Exec::Done(_, took) | Exec::Panicked(_, took) | Exec::TimedOut(took)) = &exec;
                 self.pace.observe(*took);
@@ -116,15 +115,18 @@ impl<In: Send + Sync + 'static, Out: Send + 'static> BoundModel<In, Out> {
                 let started = Instant::now();
                 let future =
                     AssertUnwindSafe(model.call(input).instrument(span.clone())).catch_unwind();
-                let result = match (timeout, runtime) {
-                    (Some(t), Some(_)) => {
+                // A timeout needs tokio's timer; outside a runtime the call
+                // runs to its end.
+                let timer = timeout.filter(|_| tokio::runtime::Handle::try_current().is_ok());
+                let result = match timer {
+                    Some(t) => {
                         match tokio::time::timeout_at((start + t).into(), future).await {
                             Ok(result) => result,
                             // Dropping the future cancels the call.
                             Err(_) => return Exec::TimedOut(started.elapsed()),
                         }
                     }
-                    _ => future.await,
+                    None => future.await,
                 };
                 match result {
                     Ok(result) => over_time((result, started.elapsed()), timeout),
@@ -136,7 +138,6 @@ impl<In: Send + Sync + 'static, Out: Send + 'static> BoundModel<In, Out> {
 
     /// Runs a sync model on the blocking pool or inline, as `env` and the
     /// model's recent pace decide.
-    #[allow(clippy::too_many_arguments)]
     async fn execute_sync(
         &self,
         model: &Arc<dyn super::call::SyncCall<In, Out>>,
@@ -145,9 +146,13 @@ impl<In: Send + Sync + 'static, Out: Send + 'static> BoundModel<In, Out> {
         span: &Span,
         start: Instant,
         timeout: Option<Duration>,
-        runtime: Option<tokio::runtime::Handle>,
     ) -> Exec<Out> {
-        match runtime.filter(|_| env.offloads(self.pace.is_fast())) {
+        // The runtime is looked up only for a model that leaves the thread.
+        let pool = env
+            .offloads(self.pace.is_fast())
+            .then(|| tokio::runtime::Handle::try_current().ok())
+            .flatten();
+        match pool {
             Some(handle) => {
                 let model = Arc::clone(model);
                 let input = Arc::clone(input);
