@@ -21,9 +21,9 @@
 //! Every variant is a fresh `pipelens serve` process (the ceiling-layout
 //! demo, five models per run) on loopback, driven by a closed-loop
 //! keep-alive load generator in this process (as `wrk -c16` would) for the
-//! same time; variants alternate round by round so drift on a shared
-//! machine spreads over all of them, and each figure is the median over
-//! rounds. The OTLP collector is an OTLP/HTTP and OTLP gRPC receiver in
+//! same time; variants alternate round by round, each round starting one
+//! variant further on, so drift on a shared machine spreads over all of
+//! them, and each figure is the median over rounds. The OTLP collector is an OTLP/HTTP and OTLP gRPC receiver in
 //! this process that decodes every export request and counts spans and log
 //! records.
 //!
@@ -509,10 +509,25 @@ fn main() {
         let off = vec![("BENCH_TELEMETRY", "off".to_owned())];
         let tail = || grpc(&[("PIPELENS_TRACES_KEEP_RATIO", "0.05")]);
         // pipelens answers with its run report unless the caller prefers
-        // the summary (the peer answers with the decision alone).
+        // the summary (the peer answers with the decision alone). The
+        // variants compared sit next to each other.
         for (name, command, env, headers) in [
             (PEER_OFF, Command::FraudPeer, off.clone(), ""),
+            (FRAUD_OFF, Command::FraudPipelens, off.clone(), ""),
+            (
+                FRAUD_OFF_MIN,
+                Command::FraudPipelens,
+                off.clone(),
+                PREFER_MINIMAL,
+            ),
             (PEER_ALL, Command::FraudPeer, grpc(&[]), ""),
+            (FRAUD_ALL, Command::FraudPipelens, grpc(&[]), ""),
+            (
+                FRAUD_ALL_MIN,
+                Command::FraudPipelens,
+                grpc(&[]),
+                PREFER_MINIMAL,
+            ),
             (
                 PEER_HEAD,
                 Command::FraudPeer,
@@ -522,21 +537,7 @@ fn main() {
                 ]),
                 "",
             ),
-            (FRAUD_OFF, Command::FraudPipelens, off.clone(), ""),
-            (FRAUD_ALL, Command::FraudPipelens, grpc(&[]), ""),
             (FRAUD_TAIL, Command::FraudPipelens, tail(), ""),
-            (
-                FRAUD_OFF_MIN,
-                Command::FraudPipelens,
-                off.clone(),
-                PREFER_MINIMAL,
-            ),
-            (
-                FRAUD_ALL_MIN,
-                Command::FraudPipelens,
-                grpc(&[]),
-                PREFER_MINIMAL,
-            ),
             (
                 FRAUD_TAIL_MIN,
                 Command::FraudPipelens,
@@ -573,7 +574,12 @@ fn main() {
         .expect("load runtime");
     let mut figures: Vec<Figures> = variants.iter().map(|_| Figures::default()).collect();
     for round in 0..options.rounds {
-        for (variant, figures) in variants.iter().zip(figures.iter_mut()) {
+        // Each round starts one variant further on, so no variant always
+        // runs at the same point of the machine's drift within a round.
+        let start = round % variants.len().max(1);
+        let order = (0..variants.len()).map(|i| (start + i) % variants.len());
+        for i in order {
+            let (variant, figures) = (&variants[i], &mut figures[i]);
             if let Err(e) = measure(&runtime, &options, variant, &collector, figures) {
                 eprintln!("service_load: {}: {e}", variant.name);
                 std::process::exit(1);
@@ -1057,11 +1063,24 @@ fn peer_report<'a>(find: &dyn Fn(&str) -> Option<&'a Figures>, options: &Options
         return;
     }
     let cpu = |name: &str| find(name).map_or(f64::NAN, Figures::cpu);
+    // The median of the per-round ratios: the two variants of a round run
+    // minutes apart at most, so the machine's drift between rounds cancels.
+    let ratio = |ours: &str, peer: &str| match (find(ours), find(peer)) {
+        (Some(o), Some(p)) => median(
+            &o.cpu_us_per_request
+                .iter()
+                .zip(&p.cpu_us_per_request)
+                .map(|(o, p)| o / p)
+                .collect::<Vec<_>>(),
+        ),
+        _ => f64::NAN,
+    };
     let per =
         |name: &str| find(name).map_or(f64::NAN, |f| f.spans as f64 / f.requests.max(1) as f64);
     println!();
     println!(
-        "Fraud scoring, hand-wired peer vs pipelens (CPU µs/request, median of {} rounds):",
+        "Fraud scoring, hand-wired peer vs pipelens (CPU µs/request, median of {} rounds; \
+         pipelens / peer: the median of the rounds' ratios):",
         options.rounds
     );
     println!(
@@ -1091,8 +1110,8 @@ fn peer_report<'a>(find: &dyn Fn(&str) -> Option<&'a Figures>, options: &Options
             show(cpu(peer), 1),
             show(cpu(report), 1),
             show(cpu(minimal), 1),
-            show(cpu(report) / cpu(peer), 2),
-            show(cpu(minimal) / cpu(peer), 2),
+            show(ratio(report, peer), 2),
+            show(ratio(minimal, peer), 2),
             show(per(peer), 2),
             show(spans, 2),
         );
@@ -1102,7 +1121,7 @@ fn peer_report<'a>(find: &dyn Fn(&str) -> Option<&'a Figures>, options: &Options
         ("report", FRAUD_TAIL, FRAUD_ALL),
         ("minimal answer", FRAUD_TAIL_MIN, FRAUD_ALL_MIN),
     ] {
-        let sampled = cpu(tail) / cpu(PEER_HEAD);
+        let sampled = ratio(tail, PEER_HEAD);
         if sampled.is_finite() {
             println!(
                 "Goal: pipelens tail 5% ({answer}) within 1.3x the peer's CPU/request at 5% \
@@ -1110,7 +1129,7 @@ fn peer_report<'a>(find: &dyn Fn(&str) -> Option<&'a Figures>, options: &Options
                 goal(sampled <= 1.3)
             );
         }
-        let everything = cpu(all) / cpu(PEER_ALL);
+        let everything = ratio(all, PEER_ALL);
         if everything.is_finite() {
             println!(
                 "Goal: pipelens keep-everything ({answer}) within 1.4x the peer's \

@@ -2,11 +2,12 @@
 //! for with `Prefer: return=minimal` (RFC 7240), serialised once into a
 //! buffer sized from the previous answers.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::error::ApiError;
 use crate::pipeline::RunReport;
@@ -63,9 +64,9 @@ struct Summary<'a, T> {
     output: &'a T,
 }
 
-/// Serialises answers into a buffer as large as the largest recent one, so
-/// that a report of a few kilobytes is not grown by doubling from 128 bytes
-/// (axum's `Json`) on every request.
+/// Serialises answers into a buffer as large as the largest answer so far
+/// (at most 64 KiB), so that a report of a few kilobytes is not grown by
+/// doubling from 128 bytes (axum's `Json`) on every request.
 #[derive(Debug, Default)]
 pub(crate) struct Answers {
     /// Bytes of the largest answer so far, per detail.
