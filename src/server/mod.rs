@@ -1,7 +1,8 @@
 //! The instrumented HTTP service (cargo feature `server`): any number of
 //! named pipelines, each with its own serde input and output, at
-//! `POST /v1/pipelines/{name}/runs`, with `GET /v1/pipelines`, `/health`,
-//! `/ready` and `/metrics`; HTTP semantic-convention metrics, a server span
+//! `POST /v1/pipelines/{name}/runs` (answering the run report, or only the
+//! output and ids with `Prefer: return=minimal`), with `GET /v1/pipelines`,
+//! `/health`, `/ready` and `/metrics`; HTTP semantic-convention metrics, a server span
 //! per request continuing the caller's `traceparent`, JSON errors naming the
 //! field, a body limit, a request timeout and graceful shutdown.
 //!
