@@ -151,32 +151,15 @@ fn soak(collector: &Collector, seconds: u64, connections: usize) -> Result<bool,
     while started.elapsed() < Duration::from_secs(seconds) {
         let left = Duration::from_secs(seconds).saturating_sub(started.elapsed());
         let length = INTERVAL.min(left).max(Duration::from_secs(1));
-        let (a, b) = runtime.block_on(async {
-            tokio::join!(
-                load::run_from(
-                    addr,
-                    load::Target {
-                        path: loads[0].route,
-                        headers: "",
-                        body: loads[0].body,
-                    },
-                    per_load,
-                    length,
-                    loads[0].caller
-                ),
-                load::run_from(
-                    addr,
-                    load::Target {
-                        path: loads[1].route,
-                        headers: "",
-                        body: loads[1].body,
-                    },
-                    per_load,
-                    length,
-                    loads[1].caller
-                ),
-            )
-        });
+        let run = |l: &Load| {
+            let target = load::Target {
+                path: l.route,
+                headers: "",
+                body: l.body,
+            };
+            load::run_from(addr, target, per_load, length, l.caller)
+        };
+        let (a, b) = runtime.block_on(async { tokio::join!(run(&loads[0]), run(&loads[1])) });
         let mut sample = Sample {
             at: started.elapsed(),
             rss_mib: service.rss_mib(),
