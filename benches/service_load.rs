@@ -23,9 +23,11 @@
 //! keep-alive load generator in this process (as `wrk -c16` would) for the
 //! same time; variants alternate round by round, each round starting one
 //! variant further on, so drift on a shared machine spreads over all of
-//! them, and each figure is the median over rounds. The OTLP collector is an OTLP/HTTP and OTLP gRPC receiver in
-//! this process that decodes every export request and counts spans and log
-//! records.
+//! them. Each figure is the median over rounds; each comparison of two
+//! variants (a ratio, a p99 difference) is the median of the rounds' own
+//! comparisons, in which the drift between rounds cancels. The OTLP
+//! collector is an OTLP/HTTP and OTLP gRPC receiver in this process that
+//! decodes every export request and counts spans and log records.
 //!
 //! Suites:
 //! - `telemetry`: off (`OTEL_SDK_DISABLED=true`, `RUST_LOG=off`); JSON logs
@@ -228,6 +230,17 @@ struct Variant {
     connections: Option<usize>,
 }
 
+impl Variant {
+    /// What each request of this variant asks for.
+    fn target(&self) -> load::Target<'static> {
+        load::Target {
+            path: self.route,
+            headers: self.headers,
+            body: self.body,
+        }
+    }
+}
+
 /// Which program a variant runs.
 #[derive(Clone, Copy)]
 enum Command {
@@ -303,6 +316,21 @@ impl Figures {
     }
     fn cpu(&self) -> f64 {
         median(&self.cpu_us_per_request)
+    }
+    /// This variant's throughput over `other`'s: the median of the rounds'
+    /// ratios ([`paired`]).
+    fn throughput_vs(&self, other: &Figures) -> f64 {
+        paired(&self.throughput, &other.throughput)
+    }
+    /// What this variant adds to `other`'s p99, in ms: the median of the
+    /// rounds' differences.
+    fn p99_added(&self, other: &Figures) -> f64 {
+        paired_difference(&self.p99_ms, &other.p99_ms)
+    }
+    /// This variant's CPU per request over `other`'s: the median of the
+    /// rounds' ratios.
+    fn cpu_vs(&self, other: &Figures) -> f64 {
+        paired(&self.cpu_us_per_request, &other.cpu_us_per_request)
     }
 }
 
@@ -755,9 +783,7 @@ fn measure(
     let connections = variant.connections.unwrap_or(options.connections);
     runtime.block_on(load::run(
         addr,
-        variant.route,
-        variant.headers,
-        variant.body,
+        variant.target(),
         connections,
         Duration::from_secs(1),
     ));
@@ -765,9 +791,7 @@ fn measure(
     let cpu_before = service.cpu_time();
     let mut outcome = runtime.block_on(load::run(
         addr,
-        variant.route,
-        variant.headers,
-        variant.body,
+        variant.target(),
         connections,
         Duration::from_secs(options.seconds),
     ));
@@ -884,13 +908,13 @@ fn report(variants: &[Variant], figures: &[Figures], options: &Options) {
     let goal = |met: bool| if met { "met" } else { "MISSED" };
     if let Some(memory) = find(STORE_MEMORY) {
         println!(
-            "Run stores, side by side (median of {} rounds):",
+            "Run stores, side by side (medians of the {} rounds' ratios and differences):",
             options.rounds
         );
         for name in [STORE_SQLITE, STORE_POSTGRES] {
             if let Some(f) = find(name) {
-                let ratio = f.throughput() / memory.throughput();
-                let p99 = f.p99() - memory.p99();
+                let ratio = f.throughput_vs(memory);
+                let p99 = f.p99_added(memory);
                 println!(
                     "  {name}: {ratio:.2} of the memory store's runs/s, p99 {p99:+.2} ms: {} (goal >= 0.95 and <= +0.5 ms)",
                     goal(ratio >= 0.95 && p99 <= 0.5)
@@ -900,11 +924,12 @@ fn report(variants: &[Variant], figures: &[Figures], options: &Options) {
         println!();
     }
     if let (Some(without), Some(with)) = (find(SHADOW_OFF), find(SHADOW_20MS)) {
-        let ratio = with.throughput() / without.throughput();
-        let p99 = with.p99() - without.p99();
+        let ratio = with.throughput_vs(without);
+        let p99 = with.p99_added(without);
         println!(
             "Goal: a 20 ms async shadow keeps >= 0.97 of the runs/s and p99 within +0.5 ms \
-             (median of {} rounds): {ratio:.2}, p99 {p99:+.2} ms, {:+.1} µs CPU/req ({})",
+             (medians of the {} rounds' ratios and differences): {ratio:.2}, p99 {p99:+.2} ms, \
+             {:+.1} µs CPU/req ({})",
             options.rounds,
             with.cpu() - without.cpu(),
             goal(ratio >= 0.97 && p99 <= 0.5)
@@ -912,9 +937,9 @@ fn report(variants: &[Variant], figures: &[Figures], options: &Options) {
         println!();
     }
     if let (Some(off), Some(on)) = (find("telemetry off"), find("OTLP export")) {
-        let ratio = |f: &Figures| f.throughput() / off.throughput();
+        let ratio = |f: &Figures| f.throughput_vs(off);
         println!(
-            "Throughput ratio to telemetry off (median of {} rounds):",
+            "Throughput ratio to telemetry off (median of the {} rounds' ratios):",
             options.rounds
         );
         for (variant, f) in variants.iter().zip(figures) {
@@ -922,7 +947,7 @@ fn report(variants: &[Variant], figures: &[Figures], options: &Options) {
                 println!("  {:<32} {:.2}", variant.name, ratio(f));
             }
         }
-        let added_p99 = on.p99() - off.p99();
+        let added_p99 = on.p99_added(off);
         println!(
             "Goal: OTLP export keeps >= 0.85 of telemetry-off throughput: {:.2} ({})",
             ratio(on),
@@ -936,7 +961,7 @@ fn report(variants: &[Variant], figures: &[Figures], options: &Options) {
             println!("  at 10% sampling: {:.2} of telemetry off", ratio(sampled));
         }
         if let Some(tail) = find(TAIL) {
-            let added = tail.p99() - off.p99();
+            let added = tail.p99_added(off);
             println!(
                 "Goal: {TAIL} keeps >= 0.85 of telemetry-off throughput (stretch 0.90): {:.2} ({}), \
                  p99 {added:+.2} ms ({}), {:.2} spans/req exported",
@@ -948,14 +973,14 @@ fn report(variants: &[Variant], figures: &[Figures], options: &Options) {
         }
     }
     if let (Some(off), Some(tail)) = (find("telemetry off"), find(TAIL)) {
-        let ratio = paired(&tail.throughput, &off.throughput);
-        let added = paired_difference(&tail.p99_ms, &off.p99_ms);
+        let ratio = tail.throughput_vs(off);
+        let added = tail.p99_added(off);
         println!(
             "Goal: {TAIL} keeps >= 0.72 of telemetry-off throughput with p99 within +1 ms \
              (medians of the rounds' ratios and differences): {ratio:.2}, p99 {added:+.2} ms \
              ({}); by CPU per request {:.2}",
             goal(ratio >= 0.72 && added <= 1.0),
-            paired(&off.cpu_us_per_request, &tail.cpu_us_per_request),
+            off.cpu_vs(tail),
         );
     }
     if let (Some(now), Some(before)) = (find("OTLP export"), find(BASELINE)) {
@@ -979,17 +1004,17 @@ fn report(variants: &[Variant], figures: &[Figures], options: &Options) {
         println!(
             "1 ms models: OTLP export {:.2}, tail sampling {:.2} of telemetry-off throughput; \
              p99 {:+.2} / {:+.2} ms",
-            on.throughput() / off.throughput(),
-            tail.throughput() / off.throughput(),
-            on.p99() - off.p99(),
-            tail.p99() - off.p99(),
+            on.throughput_vs(off),
+            tail.throughput_vs(off),
+            on.p99_added(off),
+            tail.p99_added(off),
         );
     }
     if let (Some(off), Some(tail)) = (
         find("1 ms models, telemetry off"),
         find("1 ms models, tail sampling"),
     ) {
-        let ratio = paired(&tail.throughput, &off.throughput);
+        let ratio = tail.throughput_vs(off);
         println!(
             "Goal: 1 ms models, tail sampling keeps >= 0.97 of 1 ms models, telemetry off \
              throughput (median of the rounds' ratios): {ratio:.2} ({})",
@@ -999,8 +1024,8 @@ fn report(variants: &[Variant], figures: &[Figures], options: &Options) {
     if let Some(healthy) = find("OTLP export") {
         for name in ["OTLP endpoint refusing", "OTLP endpoint never answering"] {
             let Some(down) = find(name) else { continue };
-            let throughput = down.throughput() / healthy.throughput();
-            let p99 = down.p99() / healthy.p99();
+            let throughput = down.throughput_vs(healthy);
+            let p99 = paired(&down.p99_ms, &healthy.p99_ms);
             let within = (0.9..).contains(&throughput) && p99 <= 1.1;
             println!(
                 "Goal: {name}: throughput {throughput:.2}×, p99 {p99:.2}× of healthy export, \
@@ -1043,12 +1068,12 @@ fn report(variants: &[Variant], figures: &[Figures], options: &Options) {
         let per_core = |f: &Figures| 1e6 / f.cpu();
         println!(
             "pipelens: telemetry on/off throughput {:.2}, {:.0} req per CPU-second with OTLP",
-            pl_on.throughput() / pl_off.throughput(),
+            pl_on.throughput_vs(pl_off),
             per_core(pl_on)
         );
         println!(
             "FastAPI:  telemetry on/off throughput {:.2}, {:.0} req per CPU-second with OTLP",
-            py_on.throughput() / py_off.throughput(),
+            py_on.throughput_vs(py_off),
             per_core(py_on)
         );
         let ratio = per_core(pl_on) / per_core(py_on);
@@ -1080,7 +1105,7 @@ fn peer_report<'a>(find: &dyn Fn(&str) -> Option<&'a Figures>, options: &Options
     // The median of the per-round ratios: the two variants of a round run
     // minutes apart at most, so the machine's drift between rounds cancels.
     let ratio = |ours: &str, peer: &str| match (find(ours), find(peer)) {
-        (Some(o), Some(p)) => paired(&o.cpu_us_per_request, &p.cpu_us_per_request),
+        (Some(o), Some(p)) => o.cpu_vs(p),
         _ => f64::NAN,
     };
     let per =

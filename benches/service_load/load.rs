@@ -60,26 +60,18 @@ impl Outcome {
     }
 }
 
-/// Sends `body` as `POST path` with `headers` (lines ending in CRLF) over
-/// `connections` keep-alive connections for `duration`, on the calling
-/// thread's runtime.
+/// Sends `target`'s request over `connections` keep-alive connections for
+/// `duration`, on the calling thread's runtime.
 pub(crate) async fn run(
     addr: SocketAddr,
-    path: &str,
-    headers: &str,
-    body: &str,
+    target: Target<'_>,
     connections: usize,
     duration: Duration,
 ) -> Outcome {
-    let target = Target {
-        path,
-        headers,
-        body,
-    };
     run_from(addr, target, connections, duration, Caller::Direct).await
 }
 
-/// What each request asks for.
+/// What each request asks for: `POST path` with `headers` and `body`.
 #[derive(Clone, Copy)]
 pub(crate) struct Target<'a> {
     /// The route.
