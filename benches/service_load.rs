@@ -7,8 +7,8 @@
 //! - `--seconds N` measured per round (default 4, after 1 s of warm-up),
 //!   `--rounds N` (default 3), `--connections N` (default 16);
 //! - `--soak`: instead of the suites, both demo pipelines at once under
-//!   load for minutes with the stack's telemetry settings (`--seconds`
-//!   defaults to 240 there): traces kept by reason against what the
+//!   load for minutes with the stack's telemetry settings (`--seconds`,
+//!   defaults to 240 there, at least 30): traces kept by reason against what the
 //!   settings predict, items dropped, memory over time (see `soak.rs`);
 //! - `--only TEXT`: only the variants whose name contains TEXT (to profile
 //!   one with `perf record -p`);
@@ -202,6 +202,14 @@ impl Options {
         }
         if options.soak && !seconds_given {
             options.seconds = soak::DEFAULT_SECONDS;
+        }
+        if options.soak && options.seconds < soak::MIN_SECONDS {
+            return Err(format!(
+                "--seconds: a soak needs at least {} s (memory is compared between the first \
+                 and last thirds of 10 s samples), got {}",
+                soak::MIN_SECONDS,
+                options.seconds
+            ));
         }
         if options.suites.iter().any(|s| s == "python") && options.python.is_none() {
             return Err("--suite python needs --python PATH (run scripts/bench-vs-python)".into());

@@ -36,6 +36,8 @@ use crate::{CEILING_ROUTE, REVIEW, ROOM, SENTIMENT_ROUTE};
 pub(crate) const DEFAULT_SECONDS: u64 = 240;
 /// How often memory and throughput are sampled.
 const INTERVAL: Duration = Duration::from_secs(10);
+/// The shortest soak whose memory can be judged: a sample in each third.
+pub(crate) const MIN_SECONDS: u64 = 3 * INTERVAL.as_secs();
 /// The keep ratio and slow threshold of `docker-compose.yml`.
 const KEEP_RATIO: f64 = 0.1;
 const SLOWER_THAN: &str = "p99";
