@@ -14,16 +14,17 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use prometheus::{Encoder as _, TextEncoder};
-use tracing_subscriber::filter::{filter_fn, FilterExt as _, ParseError, Targets};
+use tracing_subscriber::filter::{filter_fn, FilterExt as _, LevelFilter, ParseError, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::Filter;
-use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::layer::{Layered, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use super::config::{ConfigError, LogFormat, TelemetryConfig};
 use super::error::TelemetryError;
 use super::exemplars;
+use super::feedback::{Forward, NoFeedback};
 use super::json::JsonLayer;
 use super::otlp;
 use super::sampling;
@@ -125,21 +126,36 @@ where
     };
     let meter = meter_provider.meter("pipelens");
 
-    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
-    let fmt_filter = directive_filter(
-        config
-            .stdout_filter
-            .as_deref()
-            .unwrap_or(&config.log_filter),
-    )?;
-    layers.push(match config.log_format {
-        LogFormat::Json => JsonLayer::new(writer).with_filter(fmt_filter).boxed(),
+    // One level filter for every layer when stdout and the OTel layers
+    // share it (the default): installed once for the whole subscriber, it
+    // is decided per callsite and costs nothing per span. Different
+    // directives for stdout, or directives with span or field matchers,
+    // need a filter per layer.
+    let shared = shared_filter(config)?;
+    let global = shared
+        .clone()
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::TRACE));
+    let mut layers: Vec<BoxedLayer> = Vec::new();
+    let fmt_filter = match shared {
+        Some(_) => None,
+        None => Some(directive_filter(
+            config
+                .stdout_filter
+                .as_deref()
+                .unwrap_or(&config.log_filter),
+        )?),
+    };
+    let stdout = match config.log_format {
+        LogFormat::Json => JsonLayer::new(writer).boxed(),
         LogFormat::Console => tracing_subscriber::fmt::layer()
             .with_writer(writer)
             .with_ansi(ansi)
             .event_format(WithTraceId(tracing_subscriber::fmt::format()))
-            .with_filter(fmt_filter)
             .boxed(),
+    };
+    layers.push(match fmt_filter {
+        Some(filter) => stdout.with_filter(filter).boxed(),
+        None => stdout,
     });
 
     let mut tracer_provider = None;
@@ -166,22 +182,24 @@ where
         // Spans only: events reach the backends as OTLP log records with the
         // span's ids (below), so copying each one into its span as a span
         // event would double their cost on the hot path.
-        layers.push(
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                // Per-span extras that cost allocations and clock reads on
-                // every span and enter/exit, and say little the span names
-                // and attributes do not: busy/idle times, thread name and
-                // id, source location.
-                .with_tracked_inactivity(false)
-                .with_threads(false)
-                .with_location(false)
+        // Per-span extras that cost allocations and clock reads on every
+        // span and enter/exit, and say little the span names and
+        // attributes do not: busy/idle times, thread name and id, source
+        // location.
+        let bridge = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_location(false);
+        layers.push(match shared {
+            Some(_) => NoFeedback::new(bridge, feedback_excluded(), Forward::Spans).boxed(),
+            None => bridge
                 .with_filter(
                     otel_filter(&config.log_filter)?
                         .and(filter_fn(|meta: &tracing::Metadata<'_>| meta.is_span())),
                 )
                 .boxed(),
-        );
+        });
         opentelemetry::global::set_tracer_provider(provider.clone());
         tracer_provider = Some(provider);
 
@@ -193,16 +211,17 @@ where
                 None => builder.with_log_processor(export),
             }
             .build();
-            layers.push(
-                OpenTelemetryTracingBridge::new(&provider)
-                    .with_filter(otel_filter(&config.log_filter)?)
-                    .boxed(),
-            );
+            let bridge = OpenTelemetryTracingBridge::new(&provider);
+            layers.push(match shared {
+                Some(_) => NoFeedback::new(bridge, feedback_excluded(), Forward::Events).boxed(),
+                None => bridge.with_filter(otel_filter(&config.log_filter)?).boxed(),
+            });
             logger_provider = Some(provider);
         }
     }
 
     tracing_subscriber::registry()
+        .with(global)
         .with(layers)
         .try_init()
         .map_err(|e| TelemetryError::SubscriberAlreadySet(e.to_string()))?;
@@ -300,24 +319,60 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 /// field matchers (`[span{field=value}]`) need an [`EnvFilter`], which tracks
 /// every span and takes a lock on every enter and exit of every span.
 fn directive_filter(directives: &str) -> Result<BoxedFilter, ConfigError> {
-    let invalid = |reason: String| ConfigError {
-        variable: "RUST_LOG".to_owned(),
-        value: directives.to_owned(),
-        reason,
-    };
     if directives.contains(['[', '{']) {
-        let filter = EnvFilter::try_new(directives).map_err(|e| invalid(e.to_string()))?;
+        let filter = EnvFilter::try_new(directives)
+            .map_err(|e| invalid_directives(directives, e.to_string()))?;
         Ok(Box::new(filter))
     } else {
-        let filter: Targets = directives
-            .parse()
-            .map_err(|e: ParseError| invalid(e.to_string()))?;
-        Ok(Box::new(filter))
+        Ok(Box::new(targets(directives)?))
     }
 }
 
+/// `directives` (targets and levels only) as a [`Targets`] filter.
+fn targets(directives: &str) -> Result<Targets, ConfigError> {
+    directives
+        .parse()
+        .map_err(|e: ParseError| invalid_directives(directives, e.to_string()))
+}
+
+fn invalid_directives(directives: &str, reason: String) -> ConfigError {
+    ConfigError {
+        variable: "RUST_LOG".to_owned(),
+        value: directives.to_owned(),
+        reason,
+    }
+}
+
+/// The subscriber the layers are stacked on: the registry under the
+/// global level filter.
+type Base = Layered<Targets, Registry>;
+
+/// One layer of the stack.
+type BoxedLayer = Box<dyn Layer<Base> + Send + Sync>;
+
 /// A filter of either kind, for one layer.
-type BoxedFilter = Box<dyn Filter<Registry> + Send + Sync + 'static>;
+type BoxedFilter = Box<dyn Filter<Base> + Send + Sync + 'static>;
+
+/// The level filter every layer shares, when they can share one: the
+/// stdout filter is unset or the same as `RUST_LOG`, and the directives
+/// name only targets and levels.
+fn shared_filter(config: &TelemetryConfig) -> Result<Option<Targets>, ConfigError> {
+    let same = config
+        .stdout_filter
+        .as_deref()
+        .is_none_or(|f| f == config.log_filter);
+    if !same || config.log_filter.contains(['[', '{']) {
+        return Ok(None);
+    }
+    targets(&config.log_filter).map(Some)
+}
+
+/// Every target but the OTel feedback ones, for [`NoFeedback`].
+fn feedback_excluded() -> Targets {
+    format!("trace,{OTEL_FEEDBACK_TARGETS}")
+        .parse()
+        .expect("the feedback directives are valid")
+}
 
 fn otel_filter(directives: &str) -> Result<BoxedFilter, ConfigError> {
     directive_filter(&format!("{directives},{OTEL_FEEDBACK_TARGETS}"))

@@ -7,6 +7,7 @@ mod error;
 pub(crate) mod exemplars;
 #[cfg(feature = "otlp")]
 mod export_counts;
+mod feedback;
 mod init;
 mod json;
 mod openmetrics;

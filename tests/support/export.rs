@@ -10,7 +10,7 @@ use pipelens::faults::Faults;
 use pipelens::telemetry::{self, LogFormat, OtlpTarget, Protocol, TelemetryConfig};
 
 use super::captured::Captured;
-use super::otlp::{self, attr_str, body_text, hex};
+use super::otlp::{self, attr_str, body_text, hex, start_grpc, start_http};
 use super::service::{post_room, send, start};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -249,5 +249,105 @@ pub async fn spans_and_logs_arrive(protocol: Protocol) {
             .count(),
         1,
         "one INFO line per successful run: {lines:?}"
+    );
+}
+
+/// Exports at `RUST_LOG=trace` (stdout at `stdout_filter`, if given) and
+/// checks that the exporters' own spans and events reach stdout but never
+/// the OTLP receivers.
+pub async fn exporters_stay_out_of_otlp(stdout_filter: Option<&str>) {
+    // Spans over gRPC (tonic, h2, tower), logs over HTTP (reqwest, hyper).
+    let (grpc, traces) = start_grpc().await;
+    let (http, logs) = start_http().await;
+    let config = TelemetryConfig {
+        log_format: LogFormat::Json,
+        // The receivers run in this process: their axum server would log
+        // each export it receives, and that is not the exporters' feedback.
+        log_filter: "trace,axum=off".to_owned(),
+        stdout_filter: stdout_filter.map(str::to_owned),
+        traces: Some(OtlpTarget {
+            endpoint: format!("http://{grpc}"),
+            protocol: Protocol::Grpc,
+        }),
+        logs: Some(OtlpTarget {
+            endpoint: format!("http://{http}/v1/logs"),
+            protocol: Protocol::HttpProtobuf,
+        }),
+        ..TelemetryConfig::default()
+    };
+    let stdout = Captured::default();
+    let writer = stdout.clone();
+    let telemetry = Arc::new(telemetry::init_with_writer(&config, move || writer.clone()).unwrap());
+
+    for round in 0..3 {
+        {
+            let span = tracing::info_span!("app.work", round);
+            let _entered = span.enter();
+            tracing::info!(round, "app line");
+            let pool = tracing::debug_span!(target: "hyper::client::pool", "pool.checkout");
+            let _pool = pool.enter();
+            tracing::debug!(target: "hyper::client", "connected");
+            tracing::trace!(target: "opentelemetry_sdk::trace", "batch queued");
+        }
+        // Let the batch processors export (and their HTTP and gRPC clients
+        // log at TRACE) between rounds.
+        let t = Arc::clone(&telemetry);
+        tokio::task::spawn_blocking(move || t.flush())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    traces
+        .wait_for("3 app spans", Duration::from_secs(20), |r| {
+            r.spans().len() >= 3
+        })
+        .await;
+    logs.wait_for("3 app logs", Duration::from_secs(20), |r| {
+        r.logs().len() >= 3
+    })
+    .await;
+    let t = Arc::clone(&telemetry);
+    tokio::task::spawn_blocking(move || t.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let spans: Vec<String> = traces.spans().into_iter().map(|s| s.name).collect();
+    assert_eq!(
+        spans,
+        vec!["app.work"; 3],
+        "only the application's spans are exported"
+    );
+    let logs: Vec<String> = logs.logs().iter().map(body_text).collect();
+    assert_eq!(
+        logs,
+        vec!["app line"; 3],
+        "only the application's events are exported"
+    );
+
+    let lines = stdout.lines();
+    let has = |target: &str, message: &str| {
+        lines
+            .iter()
+            .any(|l| l["target"] == target && l["message"] == message)
+    };
+    assert!(
+        has("hyper::client", "connected"),
+        "stdout keeps every target"
+    );
+    assert!(has("opentelemetry_sdk::trace", "batch queued"));
+    assert!(lines.iter().any(|l| l["message"] == "app line"));
+    let exporter_lines = lines
+        .iter()
+        .filter(|l| {
+            let target = l["target"].as_str().unwrap_or_default();
+            ["h2", "tonic", "tower", "hyper_util", "reqwest"]
+                .iter()
+                .any(|t| target.starts_with(t))
+        })
+        .count();
+    assert!(
+        exporter_lines > 0,
+        "the exporters logged at TRACE while exporting (else this test proves nothing)"
     );
 }
