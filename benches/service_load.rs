@@ -1179,4 +1179,24 @@ fn peer_report<'a>(find: &dyn Fn(&str) -> Option<&'a Figures>, options: &Options
             );
         }
     }
+    // The demo's goal is a share of telemetry-off throughput; the same
+    // share for each service against its own telemetry off says what the
+    // hand-wired OTel stack itself keeps.
+    let kept = |on: &str, off: &str| match (find(on), find(off)) {
+        (Some(a), Some(b)) => a.throughput_vs(b),
+        _ => f64::NAN,
+    };
+    for (label, peer, ours) in [
+        ("5% of traces", PEER_HEAD, FRAUD_TAIL),
+        ("keep everything", PEER_ALL, FRAUD_ALL),
+    ] {
+        let (p, o) = (kept(peer, PEER_OFF), kept(ours, FRAUD_OFF));
+        if p.is_finite() || o.is_finite() {
+            println!(
+                "Throughput kept against its own telemetry off, {label}: peer {}, pipelens {}",
+                show(p, 2),
+                show(o, 2)
+            );
+        }
+    }
 }
