@@ -22,6 +22,16 @@
 //! After criterion's figures it prints the added time per model execution,
 //! measured side by side (interleaved batches) in the same process.
 //!
+//! Then, since the tracing subscriber is installed once per process, it
+//! runs itself again once per telemetry configuration
+//! (`runner_overhead --configuration NAME COLLECTOR`), three rounds in
+//! turn, and prints the time of a run under each: telemetry off, JSON log
+//! lines only, spans without an exporter, tail sampling at 5% and keeping
+//! everything (both over OTLP/HTTP to a decoding collector in this
+//! process). No HTTP in between, so the figures are steady enough to
+//! compare one change against another; `cargo bench --bench service_load`
+//! measures the same under load.
+//!
 //! On the 2-core development VM (2026-11-24, typed stages, one INFO line per
 //! run): direct 5.0 µs/run; inline 19.3 µs/run (3.9×, +2.9 µs per model
 //! execution); offload 127 µs/run (26×, +24 µs per model execution, the
@@ -43,6 +53,9 @@ use pipelens::{Execution, Model, Pipeline, Stage};
 #[allow(dead_code, unreachable_pub, unused_imports)]
 #[path = "../src/bin/pipelens/demo/mod.rs"]
 mod demo;
+#[allow(dead_code)]
+#[path = "service_load/sink.rs"]
+mod sink;
 
 const MODELS_PER_RUN: f64 = 5.0;
 
@@ -263,6 +276,146 @@ fn benches() {
     side_by_side(&s);
 }
 
+/// The telemetry configurations compared, in the order they run.
+const CONFIGURATIONS: [&str; 5] = [
+    "telemetry off",
+    "JSON log lines only",
+    "spans, no exporter",
+    "tail sampling 5%, OTLP",
+    "keep everything, OTLP",
+];
+
+/// Spans of one demo run: the run, two stages, five models.
+const SPANS_PER_RUN: f64 = 8.0;
+
+/// `name`'s telemetry, exporting to the collector at `collector`.
+fn configuration(name: &str, collector: &str) -> TelemetryConfig {
+    let otlp = |ratio: f64| TelemetryConfig {
+        log_format: LogFormat::Json,
+        traces: Some(telemetry::OtlpTarget {
+            endpoint: format!("http://{collector}/v1/traces"),
+            protocol: telemetry::Protocol::HttpProtobuf,
+        }),
+        logs: Some(telemetry::OtlpTarget {
+            endpoint: format!("http://{collector}/v1/logs"),
+            protocol: telemetry::Protocol::HttpProtobuf,
+        }),
+        traces_keep_ratio: ratio,
+        traces_keep_slower_than: pipelens::telemetry::SlowThreshold::Quantile(0.99),
+        ..TelemetryConfig::default()
+    };
+    match name {
+        "telemetry off" => TelemetryConfig {
+            sdk_disabled: true,
+            log_filter: "off".to_owned(),
+            ..TelemetryConfig::default()
+        },
+        "JSON log lines only" => TelemetryConfig {
+            sdk_disabled: true,
+            log_format: LogFormat::Json,
+            ..TelemetryConfig::default()
+        },
+        "spans, no exporter" => TelemetryConfig {
+            log_format: LogFormat::Json,
+            ..TelemetryConfig::default()
+        },
+        "tail sampling 5%, OTLP" => otlp(0.05),
+        "keep everything, OTLP" => otlp(1.0),
+        other => panic!("unknown configuration {other:?}"),
+    }
+}
+
+/// The child's side: the demo pipeline under one configuration, 15 batches
+/// of 2000 runs after a warm-up; prints the median µs per run.
+fn run_configuration(name: &str, collector: &str) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let telemetry = runtime.block_on(async {
+        telemetry::init_with_writer(&configuration(name, collector), std::io::sink)
+            .expect("telemetry")
+    });
+    let demo = pipeline(telemetry.meter(), Execution::Auto);
+    let input = room();
+    let batch = || {
+        let start = Instant::now();
+        runtime.block_on(async {
+            for _ in 0..2000 {
+                black_box(demo.run(input.clone()).await.ok());
+            }
+        });
+        start.elapsed().as_secs_f64() / 2000.0 * 1e6
+    };
+    batch();
+    let mut times: Vec<f64> = (0..15).map(|_| batch()).collect();
+    times.sort_by(f64::total_cmp);
+    println!("{:.3}", times[times.len() / 2]);
+    drop(demo);
+    let _ = telemetry.shutdown();
+}
+
+/// The parent's side: every configuration in a process of its own, three
+/// rounds, each round starting one configuration further on.
+fn by_configuration() {
+    let collector = sink::Collector::start("127.0.0.1:0".parse().expect("addr"))
+        .expect("start the OTLP collector");
+    let exe = std::env::current_exe().expect("this bench's path");
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); CONFIGURATIONS.len()];
+    for round in 0..3 {
+        for k in 0..CONFIGURATIONS.len() {
+            let i = (round + k) % CONFIGURATIONS.len();
+            let out = std::process::Command::new(&exe)
+                .args([
+                    "--configuration",
+                    CONFIGURATIONS[i],
+                    &collector.addr.to_string(),
+                ])
+                .output()
+                .expect("run the bench again");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let us: f64 = text.trim().parse().unwrap_or_else(|_| {
+                panic!(
+                    "{}: no figure ({})\n{text}{}",
+                    CONFIGURATIONS[i],
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+            times[i].push(us);
+        }
+    }
+    let medians: Vec<f64> = times
+        .iter_mut()
+        .map(|t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect();
+    println!(
+        "\nby telemetry configuration (a process each, median of 3 rounds of 15 batches of \
+         2000 runs; {SPANS_PER_RUN} spans and 1 INFO line per run):"
+    );
+    println!("| configuration | µs/run | added to telemetry off | added per span |");
+    println!("|---|---|---|---|");
+    for (name, us) in CONFIGURATIONS.iter().zip(&medians) {
+        let added = us - medians[0];
+        println!(
+            "| {name} | {us:.2} | {added:+.2} | {:+.2} |",
+            added / SPANS_PER_RUN
+        );
+    }
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, name, collector] = &args[..] {
+        if flag == "--configuration" {
+            run_configuration(name, collector);
+            return;
+        }
+    }
     benches();
+    by_configuration();
 }
