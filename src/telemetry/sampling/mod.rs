@@ -268,14 +268,25 @@ impl State {
             self.spans.on_end(span);
             return;
         }
+        let limit = self.policy.limits.max_items_per_trace;
+        let mut over = false;
         let mut shard = self.table.shard(trace);
         match self.table.place(&mut shard, trace, span, |h, s| {
             h.error |= error;
             h.spans.push(s);
+            over = h.items() > limit;
         }) {
-            Placed::Held => {
-                self.check_size(shard, trace);
-                self.sweep(trace);
+            Placed::Held { created } => {
+                let taken = over.then(|| self.table.take(&mut shard, trace)).flatten();
+                drop(shard);
+                if let Some(h) = taken {
+                    self.decide_early(trace, h, Reason::Overflow);
+                }
+                // Once per trace, not per span: a shard is swept whenever
+                // a new trace lands in it.
+                if created {
+                    self.sweep(trace);
+                }
             }
             Placed::Decided(keep, span) => {
                 drop(shard);
@@ -346,7 +357,7 @@ impl State {
             .table
             .place(&mut shard, trace, item, |h, item| h.logs.push(item))
         {
-            Placed::Held => self.check_size(shard, trace),
+            Placed::Held { .. } => self.check_size(shard, trace),
             Placed::Decided(keep, (mut record, scope)) => {
                 drop(shard);
                 if keep {

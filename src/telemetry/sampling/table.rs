@@ -165,8 +165,11 @@ pub(crate) struct Table {
 
 /// What happened to an item offered to the table.
 pub(crate) enum Placed<T> {
-    /// Held with its trace.
-    Held,
+    /// Held with its trace; `created` when it is the trace's first item.
+    Held {
+        /// Whether the trace's entry was made for this item.
+        created: bool,
+    },
     /// Its trace was decided already: export it if true.
     Decided(bool, T),
     /// Too many traces are held: decide this one now.
@@ -236,7 +239,7 @@ impl Table {
         }
         if let Some(h) = shard.held.get_mut(&trace) {
             add(h, item);
-            return Placed::Held;
+            return Placed::Held { created: false };
         }
         if self.held.fetch_add(1, Ordering::AcqRel) >= self.max_traces {
             self.held.fetch_sub(1, Ordering::AcqRel);
@@ -245,7 +248,7 @@ impl Table {
         let mut h = Held::new(Instant::now());
         add(&mut h, item);
         shard.held.insert(trace, h);
-        Placed::Held
+        Placed::Held { created: true }
     }
 
     /// Takes `trace` out of `shard`, if held.
