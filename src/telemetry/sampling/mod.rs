@@ -57,6 +57,10 @@ pub(crate) struct State {
     quantiles: Option<Mutex<Quantiles>>,
     spans: Box<dyn SpanProcessor>,
     logs: OnceLock<Arc<dyn LogProcessor>>,
+    /// An empty record, left in the SDK's hands when a record is taken to
+    /// be held (tail sampling is the logger provider's only processor, so
+    /// nothing reads the record after it).
+    blank: SdkLogRecord,
     counts: Vec<BoundCounter<u64>>,
 }
 
@@ -105,6 +109,7 @@ pub(crate) fn tail_sampling<P: SpanProcessor + 'static>(
         policy,
         spans: Box::new(spans),
         logs: OnceLock::new(),
+        blank: blank_record(),
         counts,
     });
     let weak: Weak<State> = Arc::downgrade(&state);
@@ -352,7 +357,7 @@ impl State {
             return;
         }
         let mut shard = self.table.shard(trace);
-        let item = (record.clone(), scope.clone());
+        let item = (std::mem::replace(record, self.blank.clone()), scope.clone());
         match self
             .table
             .place(&mut shard, trace, item, |h, item| h.logs.push(item))
@@ -383,6 +388,15 @@ impl State {
             }
         }
     }
+}
+
+/// An empty log record: the SDK makes them only through a logger.
+fn blank_record() -> SdkLogRecord {
+    use opentelemetry::logs::{Logger as _, LoggerProvider as _};
+    opentelemetry_sdk::logs::SdkLoggerProvider::builder()
+        .build()
+        .logger("pipelens")
+        .create_log_record()
 }
 
 fn is_error(span: &SpanData) -> bool {
