@@ -15,9 +15,15 @@ use std::time::SystemTime;
 use opentelemetry::trace::{SpanId, TraceContextExt as _, TraceId};
 use opentelemetry::KeyValue;
 
-/// How many recent exemplars each series keeps (spread over its buckets
-/// when /metrics is written).
-const PER_SERIES: usize = 16;
+/// Value classes per octave: each series keeps its newest exemplar per
+/// class, so every histogram bucket (bounds 2 to 2.5 apart) finds a recent
+/// one of its own. Keeping the newest few of the whole series instead
+/// loses a slow run's exemplar to the next fast ones within milliseconds
+/// under load (900 kept traces a second at 5%).
+const CLASSES_PER_OCTAVE: f64 = 4.0;
+/// Most classes a series keeps (16 octaves, from 15 µs to 1 s, say); past
+/// that the oldest exemplar goes.
+const MAX_CLASSES: usize = 64;
 
 /// One histogram series that can carry exemplars: its Prometheus name and
 /// label set, as /metrics writes them.
@@ -94,7 +100,7 @@ pub(crate) trait Offer: Send + Sync {
 }
 
 static SINK: OnceLock<Arc<dyn Offer>> = OnceLock::new();
-static STORE: Mutex<BTreeMap<Arc<str>, Ring>> = Mutex::new(BTreeMap::new());
+static STORE: Mutex<BTreeMap<Arc<str>, Recent>> = Mutex::new(BTreeMap::new());
 
 /// Installs the process's exemplar sink (done once by telemetry setup).
 pub(crate) fn install(sink: Arc<dyn Offer>) {
@@ -140,7 +146,7 @@ pub(crate) fn store(offered: impl IntoIterator<Item = Offered>) {
     for o in offered {
         store
             .entry(o.series)
-            .or_insert_with(Ring::default)
+            .or_insert_with(Recent::default)
             .push(o.exemplar);
     }
 }
@@ -151,7 +157,7 @@ pub(crate) fn of_series(key: &str) -> Vec<Exemplar> {
     let store = STORE
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    store.get(key).map(Ring::ordered).unwrap_or_default()
+    store.get(key).map(Recent::ordered).unwrap_or_default()
 }
 
 /// Whether any series has exemplars (lets /metrics skip the lookups).
@@ -162,30 +168,43 @@ pub(crate) fn any() -> bool {
         .is_empty()
 }
 
-/// The last [`PER_SERIES`] exemplars of one series.
+/// The newest exemplar of each value class of one series.
 #[derive(Debug, Default)]
-struct Ring {
-    items: Vec<Exemplar>,
-    next: usize,
+struct Recent {
+    by_class: BTreeMap<i32, Exemplar>,
 }
 
-impl Ring {
+impl Recent {
     fn push(&mut self, e: Exemplar) {
-        if self.items.len() < PER_SERIES {
-            self.items.push(e);
-        } else {
-            self.items[self.next] = e;
+        self.by_class.insert(class_of(e.value), e);
+        if self.by_class.len() > MAX_CLASSES {
+            let oldest = self
+                .by_class
+                .iter()
+                .min_by_key(|(_, e)| e.time)
+                .map(|(c, _)| *c);
+            if let Some(c) = oldest {
+                self.by_class.remove(&c);
+            }
         }
-        self.next = (self.next + 1) % PER_SERIES;
     }
 
+    /// Oldest first.
     fn ordered(&self) -> Vec<Exemplar> {
-        if self.items.len() < PER_SERIES {
-            return self.items.clone();
-        }
-        let mut out = self.items[self.next..].to_vec();
-        out.extend_from_slice(&self.items[..self.next]);
+        let mut out: Vec<Exemplar> = self.by_class.values().copied().collect();
+        out.sort_by_key(|e| e.time);
         out
+    }
+}
+
+/// The class of an observed `value`: a quarter of an octave. Zero,
+/// negative and non-finite values share one class.
+fn class_of(value: f64) -> i32 {
+    if value > 0.0 && value.is_finite() {
+        // |log2| of an f64 is under 1075: the product fits an i32.
+        (value.log2() * CLASSES_PER_OCTAVE).floor() as i32
+    } else {
+        i32::MIN
     }
 }
 
@@ -210,18 +229,73 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_ring_keeps_the_newest_in_order() {
-        let mut r = Ring::default();
-        for i in 0..40u64 {
-            r.push(Exemplar {
-                trace_id: TraceId::from(u128::from(i) + 1),
-                span_id: SpanId::from(i + 1),
-                value: i as f64,
-                time: SystemTime::UNIX_EPOCH,
-            });
+    fn at(value: f64, second: u64) -> Exemplar {
+        Exemplar {
+            trace_id: TraceId::from(u128::from(second) + 1),
+            span_id: SpanId::from(second + 1),
+            value,
+            time: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(second),
         }
-        let values: Vec<f64> = r.ordered().iter().map(|e| e.value).collect();
-        assert_eq!(values, (24..40).map(|i| i as f64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_slow_exemplar_outlives_any_number_of_fast_ones() {
+        let mut r = Recent::default();
+        r.push(at(0.2, 0));
+        for i in 1..=1000 {
+            r.push(at(0.001 + (i % 3) as f64 * 1e-5, i));
+        }
+        let kept = r.ordered();
+        assert!(
+            kept.iter().any(|e| e.value == 0.2),
+            "the 200 ms run's exemplar is still there: {kept:?}"
+        );
+        assert_eq!(
+            kept.last().map(|e| e.time),
+            Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000)),
+            "newest last"
+        );
+        assert!(kept.len() <= 3, "fast ones share a class: {}", kept.len());
+    }
+
+    #[test]
+    fn each_histogram_bucket_finds_an_exemplar_of_its_own() {
+        // The bounds of `ml_model_execution_duration_seconds`' first
+        // buckets: every bucket an observation fell in has one.
+        let bounds = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01];
+        let mut r = Recent::default();
+        let mut second = 0;
+        for _ in 0..50 {
+            for w in bounds.windows(2) {
+                second += 1;
+                r.push(at((w[0] + w[1]) / 2.0, second));
+            }
+        }
+        let kept = r.ordered();
+        for w in bounds.windows(2) {
+            assert!(
+                kept.iter().any(|e| e.value > w[0] && e.value <= w[1]),
+                "no exemplar in ({}, {}]: {kept:?}",
+                w[0],
+                w[1]
+            );
+        }
+    }
+
+    #[test]
+    fn a_series_keeps_a_bounded_number_of_classes_dropping_the_oldest() {
+        let mut r = Recent::default();
+        for i in 0..(MAX_CLASSES as u64 * 3) {
+            r.push(at(1e-6 * 1.25f64.powi(i as i32), i));
+        }
+        let kept = r.ordered();
+        assert_eq!(kept.len(), MAX_CLASSES);
+        assert_eq!(
+            kept[0].time,
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(MAX_CLASSES as u64 * 2),
+            "the oldest went first"
+        );
+        assert_eq!(class_of(0.0), class_of(-1.0));
+        assert_eq!(class_of(f64::NAN), class_of(0.0));
     }
 }
