@@ -265,15 +265,7 @@ pub async fn exporters_stay_out_of_otlp(stdout_filter: Option<&str>) {
         // each export it receives, and that is not the exporters' feedback.
         log_filter: "trace,axum=off".to_owned(),
         stdout_filter: stdout_filter.map(str::to_owned),
-        traces: Some(OtlpTarget {
-            endpoint: format!("http://{grpc}"),
-            protocol: Protocol::Grpc,
-        }),
-        logs: Some(OtlpTarget {
-            endpoint: format!("http://{http}/v1/logs"),
-            protocol: Protocol::HttpProtobuf,
-        }),
-        ..TelemetryConfig::default()
+        ..otlp::export_split(grpc, http)
     };
     let stdout = Captured::default();
     let writer = stdout.clone();

@@ -215,14 +215,20 @@ pub async fn start_metrics_http() -> (SocketAddr, MetricsReceived) {
 /// HTTP/protobuf to `addr`, both protocols at once (the stack's own mix:
 /// Jaeger over gRPC, Loki over HTTP).
 pub fn export_to(addr: SocketAddr) -> pipelens::telemetry::TelemetryConfig {
+    export_split(addr, addr)
+}
+
+/// Like [`export_to`], spans to the gRPC receiver at `grpc` and logs to the
+/// HTTP one at `http`.
+pub fn export_split(grpc: SocketAddr, http: SocketAddr) -> pipelens::telemetry::TelemetryConfig {
     use pipelens::telemetry::{OtlpTarget, Protocol, TelemetryConfig};
     TelemetryConfig {
         traces: Some(OtlpTarget {
-            endpoint: format!("http://{addr}"),
+            endpoint: format!("http://{grpc}"),
             protocol: Protocol::Grpc,
         }),
         logs: Some(OtlpTarget {
-            endpoint: format!("http://{addr}/v1/logs"),
+            endpoint: format!("http://{http}/v1/logs"),
             protocol: Protocol::HttpProtobuf,
         }),
         ..TelemetryConfig::default()
