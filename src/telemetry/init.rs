@@ -14,7 +14,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use prometheus::{Encoder as _, TextEncoder};
-use tracing_subscriber::filter::{filter_fn, FilterExt as _, LevelFilter, ParseError, Targets};
+use tracing_subscriber::filter::{LevelFilter, ParseError, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::Filter;
 use tracing_subscriber::layer::{Layered, SubscriberExt as _};
@@ -32,7 +32,7 @@ use super::stdout::{BatchedLines, SharedLines};
 
 /// Targets that must never feed the OTel layers: the exporters' own HTTP and
 /// gRPC stacks and the OTel crates' internal logs would otherwise export
-/// themselves in a loop. EnvFilter targets match by prefix.
+/// themselves in a loop. Targets match by prefix.
 const OTEL_FEEDBACK_TARGETS: &str =
     "hyper=off,h2=off,tonic=off,tower=off,reqwest=off,opentelemetry=off";
 
@@ -130,21 +130,13 @@ where
     // share it (the default): installed once for the whole subscriber, it
     // is decided per callsite and costs nothing per span. Different
     // directives for stdout, or directives with span or field matchers,
-    // need a filter per layer.
+    // need a filter per layer. Either way the OTel layers never see the
+    // exporters' own spans and events ([`NoFeedback`]).
     let shared = shared_filter(config)?;
-    let global = shared
-        .clone()
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::TRACE));
+    let own_filters = shared.is_none();
+    let global = shared.unwrap_or_else(|| Targets::new().with_default(LevelFilter::TRACE));
+    let feedback = feedback_excluded();
     let mut layers: Vec<BoxedLayer> = Vec::new();
-    let fmt_filter = match shared {
-        Some(_) => None,
-        None => Some(directive_filter(
-            config
-                .stdout_filter
-                .as_deref()
-                .unwrap_or(&config.log_filter),
-        )?),
-    };
     let stdout = match config.log_format {
         LogFormat::Json => JsonLayer::new(writer).boxed(),
         LogFormat::Console => tracing_subscriber::fmt::layer()
@@ -153,10 +145,12 @@ where
             .event_format(WithTraceId(tracing_subscriber::fmt::format()))
             .boxed(),
     };
-    layers.push(match fmt_filter {
-        Some(filter) => stdout.with_filter(filter).boxed(),
-        None => stdout,
-    });
+    let stdout_directives = config
+        .stdout_filter
+        .as_deref()
+        .unwrap_or(&config.log_filter);
+    layers.push(filtered(stdout, own_filters.then_some(stdout_directives))?);
+    let otel_directives = own_filters.then_some(config.log_filter.as_str());
 
     let mut tracer_provider = None;
     let mut logger_provider = None;
@@ -179,27 +173,21 @@ where
         }
         let provider = builder.build();
         let tracer = provider.tracer("pipelens");
-        // Spans only: events reach the backends as OTLP log records with the
-        // span's ids (below), so copying each one into its span as a span
-        // event would double their cost on the hot path.
-        // Per-span extras that cost allocations and clock reads on every
-        // span and enter/exit, and say little the span names and
-        // attributes do not: busy/idle times, thread name and id, source
-        // location.
+        // Spans only (`Forward::Spans`): events reach the backends as OTLP
+        // log records with the span's ids (below), so copying each one into
+        // its span as a span event would double their cost on the hot path.
+        // No per-span extras that cost allocations and clock reads on every
+        // span and enter/exit, and say little the span names and attributes
+        // do not: busy/idle times, thread name and id, source location.
         let bridge = tracing_opentelemetry::layer()
             .with_tracer(tracer)
             .with_tracked_inactivity(false)
             .with_threads(false)
             .with_location(false);
-        layers.push(match shared {
-            Some(_) => NoFeedback::new(bridge, feedback_excluded(), Forward::Spans).boxed(),
-            None => bridge
-                .with_filter(
-                    otel_filter(&config.log_filter)?
-                        .and(filter_fn(|meta: &tracing::Metadata<'_>| meta.is_span())),
-                )
-                .boxed(),
-        });
+        layers.push(filtered(
+            NoFeedback::new(bridge, feedback.clone(), Forward::Spans),
+            otel_directives,
+        )?);
         opentelemetry::global::set_tracer_provider(provider.clone());
         tracer_provider = Some(provider);
 
@@ -211,11 +199,14 @@ where
                 None => builder.with_log_processor(export),
             }
             .build();
-            let bridge = OpenTelemetryTracingBridge::new(&provider);
-            layers.push(match shared {
-                Some(_) => NoFeedback::new(bridge, feedback_excluded(), Forward::Events).boxed(),
-                None => bridge.with_filter(otel_filter(&config.log_filter)?).boxed(),
-            });
+            layers.push(filtered(
+                NoFeedback::new(
+                    OpenTelemetryTracingBridge::new(&provider),
+                    feedback,
+                    Forward::Events,
+                ),
+                otel_directives,
+            )?);
             logger_provider = Some(provider);
         }
     }
@@ -367,15 +358,23 @@ fn shared_filter(config: &TelemetryConfig) -> Result<Option<Targets>, ConfigErro
     targets(&config.log_filter).map(Some)
 }
 
+/// `layer` under a level filter of its own when given `directives`, else
+/// as it is (the whole subscriber shares one).
+fn filtered<L>(layer: L, directives: Option<&str>) -> Result<BoxedLayer, ConfigError>
+where
+    L: Layer<Base> + Send + Sync + 'static,
+{
+    Ok(match directives {
+        Some(d) => layer.with_filter(directive_filter(d)?).boxed(),
+        None => layer.boxed(),
+    })
+}
+
 /// Every target but the OTel feedback ones, for [`NoFeedback`].
 fn feedback_excluded() -> Targets {
     format!("trace,{OTEL_FEEDBACK_TARGETS}")
         .parse()
         .expect("the feedback directives are valid")
-}
-
-fn otel_filter(directives: &str) -> Result<BoxedFilter, ConfigError> {
-    directive_filter(&format!("{directives},{OTEL_FEEDBACK_TARGETS}"))
 }
 
 impl Telemetry {

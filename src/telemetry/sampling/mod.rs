@@ -282,11 +282,7 @@ impl State {
             over = h.items() > limit;
         }) {
             Placed::Held { created } => {
-                let taken = over.then(|| self.table.take(&mut shard, trace)).flatten();
-                drop(shard);
-                if let Some(h) = taken {
-                    self.decide_early(trace, h, Reason::Overflow);
-                }
+                self.decide_if_over(shard, trace, over);
                 // Once per trace, not per span: a shard is swept whenever
                 // a new trace lands in it.
                 if created {
@@ -310,12 +306,9 @@ impl State {
         }
     }
 
-    /// Decides `trace` at once if it now holds more items than allowed.
-    fn check_size(&self, mut shard: MutexGuard<'_, table::Shard>, trace: TraceId) {
-        let over = shard
-            .held
-            .get(&trace)
-            .is_some_and(|h| h.items() > self.policy.limits.max_items_per_trace);
+    /// Decides `trace` at once if placing an item made it hold more than
+    /// allowed (`over`, seen while placing it).
+    fn decide_if_over(&self, mut shard: MutexGuard<'_, table::Shard>, trace: TraceId, over: bool) {
         let taken = over.then(|| self.table.take(&mut shard, trace)).flatten();
         drop(shard);
         if let Some(h) = taken {
@@ -356,13 +349,15 @@ impl State {
             // Head sampling dropped the trace: its records go with it.
             return;
         }
+        let limit = self.policy.limits.max_items_per_trace;
+        let mut over = false;
         let mut shard = self.table.shard(trace);
         let item = (std::mem::replace(record, self.blank.clone()), scope.clone());
-        match self
-            .table
-            .place(&mut shard, trace, item, |h, item| h.logs.push(item))
-        {
-            Placed::Held { .. } => self.check_size(shard, trace),
+        match self.table.place(&mut shard, trace, item, |h, item| {
+            h.logs.push(item);
+            over = h.items() > limit;
+        }) {
+            Placed::Held { .. } => self.decide_if_over(shard, trace, over),
             Placed::Decided(keep, (mut record, scope)) => {
                 drop(shard);
                 if keep {
